@@ -1,0 +1,423 @@
+"""Interleaving-learning hypergradient engine (seed 001, Algorithm 1, eqs. 5-9).
+
+K learners share the architecture A and learn in M rounds, in the order
+``interleave_order`` repeated M times: the *stages* s = 0 .. K*M-1. Stage s (learner k) has
+the one-step optimum
+
+    W̄_s = W_k - eta * (mu * buf_k + ∇_W [L_k^tr(A, W_k, H_k) + lambda ||W_k - W̄_{s-1}||^2]
+                       + wd * W_k)                                         (eqs. 6-7)
+
+(the real optimizer's step: momentum buffer and weight decay included, as the DARTS reference
+does; no proximal term at s = 0) and, from the same gradient, H̄_s (eq. 8; only the last
+round's heads are used). The architecture objective is
+
+    L(A) = sum_k w_k L_k^val(A, W̄_k^(M), H̄_k^(M))                       (eq. 9)
+
+and A is updated with Adam (PyTorch-style L2 weight decay added to the gradient). Modes:
+
+* ``exact``: reverse mode through the whole chain with nested ``GradientTape``s, including the
+  dependence of W̄_{s-1} on A; ``unroll_steps`` T >= 1 virtual SGD steps per stage.
+* ``finite_difference``: the per-stage DARTS approximation (seed 000, eqs. 2-4) as in DARTS'
+  HEAD: for each learner's last stage, ∇_A L^val(W̄, H̄) - eta * (∇_A L^tr(W+, H+) -
+  ∇_A L^tr(W-, H-)) / 2eps with (W±, H±) = (W, H) ± eps * ∇_{W̄,H̄} L^val at the *current*
+  weights, eps = 0.01 / ||∇ L^val||; W̄_{s-1} is a constant.
+* ``first_order``: ∇_A of the validation objective at the current weights.
+
+Then the weight step: in stage order, learner k takes a real SGD step (gradient clipped to
+``grad_clip`` by global norm, then weight decay and momentum, PyTorch semantics) on
+L_k^tr + lambda ||W_k - W_prev||^2, W_prev being the previous stage's freshly updated encoder
+weights (a constant). ``transfer='handover'`` instead copies W_prev into learner k first.
+
+Special cases: DARTS is K=1, M=1, lambda=0; MTL-DARTS (eq. 10) is M=1, lambda=0 (no coupling
+between learners) with validation weights (1, alpha) and training-loss weights (1, beta).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from ilnas_tf import learner as learner_lib
+
+MODES = ("exact", "finite_difference", "first_order")
+TRANSFERS = ("proximal", "handover")
+
+
+@dataclasses.dataclass(frozen=True)
+class InterleavingConfig:
+    """Hyperparameters of the search step (everything but the data and the networks).
+
+    Attributes:
+      num_learners: K.
+      rounds: M.
+      interleave_order: learner indices of one round (default ``0..K-1``).
+      proximal_strength: lambda of the proximal term lambda ||W_k - W̄_prev||^2.
+      transfer: ``'proximal'`` or ``'handover'``.
+      mode: ``'exact'``, ``'finite_difference'`` or ``'first_order'``.
+      unroll_steps: virtual SGD steps per stage (``exact`` mode only).
+      weights_per_stage: one weight copy per (learner, round) stage instead of per learner.
+      val_loss_weights: w_k of the validation objective (default all 1).
+      train_loss_weights: weights of each learner's training loss (default all 1).
+      momentum, weight_decay, grad_clip: the learners' SGD.
+      arch_learning_rate, arch_beta_1, arch_beta_2, arch_weight_decay: Adam for A.
+      fd_scale: r of the finite-difference step eps = r / ||v||.
+    """
+
+    num_learners: int = 1
+    rounds: int = 1
+    interleave_order: tuple | None = None
+    proximal_strength: float = 0.0
+    transfer: str = "proximal"
+    mode: str = "exact"
+    unroll_steps: int = 1
+    weights_per_stage: bool = False
+    val_loss_weights: tuple | None = None
+    train_loss_weights: tuple | None = None
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_learning_rate: float = 3e-4
+    arch_beta_1: float = 0.5
+    arch_beta_2: float = 0.999
+    arch_weight_decay: float = 1e-3
+    fd_scale: float = 0.01
+
+    def __post_init__(self):
+        def fail(name, value, expected):
+            raise ValueError(f"InterleavingConfig.{name}={value!r} is invalid: expected {expected}")
+
+        for name in ("num_learners", "rounds", "unroll_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, value, "an integer >= 1")
+        if self.mode not in MODES:
+            fail("mode", self.mode, f"one of {MODES}")
+        if self.transfer not in TRANSFERS:
+            fail("transfer", self.transfer, f"one of {TRANSFERS}")
+        if not self.proximal_strength >= 0:
+            fail("proximal_strength", self.proximal_strength, "lambda >= 0")
+        if self.unroll_steps != 1 and self.mode != "exact":
+            fail("unroll_steps", self.unroll_steps, "1 unless mode='exact'")
+        order = self.order
+        if sorted(order) != list(range(self.num_learners)):
+            fail(
+                "interleave_order",
+                self.interleave_order,
+                f"a permutation of 0..{self.num_learners - 1}",
+            )
+        for name in ("val_loss_weights", "train_loss_weights"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != self.num_learners or min(value) < 0):
+                fail(name, value, f"{self.num_learners} non-negative numbers")
+        for name in ("momentum", "weight_decay", "arch_weight_decay"):
+            if not getattr(self, name) >= 0:
+                fail(name, getattr(self, name), "a number >= 0")
+        if not self.grad_clip > 0:
+            fail("grad_clip", self.grad_clip, "a number > 0")
+        if not self.fd_scale > 0:
+            fail("fd_scale", self.fd_scale, "a number > 0")
+
+    @property
+    def order(self):
+        return (
+            tuple(range(self.num_learners))
+            if self.interleave_order is None
+            else tuple(int(k) for k in self.interleave_order)
+        )
+
+    @property
+    def stages(self):
+        """``[(round, learner), ...]`` in learning order: K * M stages."""
+        return [(m, k) for m in range(self.rounds) for k in self.order]
+
+    def state_index(self, stage):
+        """Index of the ``LearnerState`` a stage trains."""
+        round_index, _ = self.stages[stage]
+        return round_index if self.weights_per_stage else 0
+
+    def last_stage(self, learner):
+        """The stage of ``learner`` in the last round."""
+        return max(s for s, (_, k) in enumerate(self.stages) if k == learner)
+
+    def val_weight(self, k):
+        return 1.0 if self.val_loss_weights is None else float(self.val_loss_weights[k])
+
+    def train_weight(self, k):
+        return 1.0 if self.train_loss_weights is None else float(self.train_loss_weights[k])
+
+
+class InterleavingEngine:
+    """Step math of interleaving learning; owns no data, summaries or checkpoints.
+
+    Args:
+      architecture: the shared ``search_space.Architecture`` (A).
+      learners: K ``learner.Learner`` objects, indexed like ``config.interleave_order``.
+      config: an ``InterleavingConfig``.
+      arch_optimizer: optimizer for A (default: Keras Adam with the config's settings; its
+        weight decay is applied PyTorch-style as L2 on the gradient). Built here, so create the
+        engine inside ``strategy.scope()`` when distributing.
+    """
+
+    def __init__(self, architecture, learners, config, arch_optimizer=None):
+        if len(learners) != config.num_learners:
+            raise ValueError(
+                f"config.num_learners={config.num_learners} but {len(learners)} learners given"
+            )
+        shapes = {learner.image_shape for learner in learners}
+        if len(shapes) > 1:
+            raise ValueError(
+                "learners must share one image shape (they share one encoder architecture); got "
+                + ", ".join(f"{learner.name}: {learner.image_shape}" for learner in learners)
+            )
+        needed = config.rounds if config.weights_per_stage else 1
+        for learner in learners:
+            if len(learner.states) != needed:
+                raise ValueError(
+                    f"learner {learner.name} has {len(learner.states)} states, config needs {needed}"
+                )
+        self.architecture = architecture
+        self.learners = list(learners)
+        self.config = config
+        self.arch_optimizer = arch_optimizer or keras.optimizers.Adam(
+            learning_rate=config.arch_learning_rate,
+            beta_1=config.arch_beta_1,
+            beta_2=config.arch_beta_2,
+            epsilon=1e-8,
+        )
+        self.arch_optimizer.build(architecture.alphas)
+
+    # ------------------------------------------------------------------ helpers
+    def _state(self, stage):
+        _, k = self.config.stages[stage]
+        return self.learners[k].states[self.config.state_index(stage)]
+
+    def _mixing(self, alphas):
+        return self.architecture.mixing_weights(alphas[0], alphas[1])
+
+    def _stage_objective(self, stage, encoder, head, previous, mixing, batch):
+        """L_k^tr (weighted) + lambda ||W - W_prev||^2, and the logits."""
+        _, k = self.config.stages[stage]
+        images, labels = batch
+        loss, logits = self.learners[k].loss(encoder, head, mixing, images, labels)
+        objective = self.config.train_weight(k) * loss
+        if previous is not None and self.config.proximal_strength > 0:
+            objective += self.config.proximal_strength * tf.reduce_sum(
+                tf.square(encoder - previous)
+            )
+        return objective, loss, logits
+
+    def _virtual_step(self, weights, momentum, grad, lr):
+        """One SGD step as the real optimizer takes it: w - lr (mu buf + g + wd w)."""
+        buffer = self.config.momentum * momentum + grad + self.config.weight_decay * weights
+        return weights - lr * buffer, buffer
+
+    # ------------------------------------------------------------------ the chain
+    def unrolled_chain(self, alphas, train_batches, lr, differentiable=True):
+        """W̄_s, H̄_s for every stage (eqs. 6-8). Returns a list of (encoder, head) tensors.
+
+        With ``differentiable=False`` each stage's predecessor is a constant (used by the
+        finite-difference mode) and only first-order tapes are recorded.
+        """
+        mixing = self._mixing(alphas)
+        previous, chain = None, []
+        for stage in range(len(self.config.stages)):
+            state = self._state(stage)
+            encoder = tf.convert_to_tensor(state.encoder_weights)
+            head = tf.convert_to_tensor(state.head_weights)
+            if self.config.transfer == "handover" and previous is not None:
+                encoder = previous
+            enc_buf = tf.convert_to_tensor(state.encoder_momentum)
+            head_buf = tf.convert_to_tensor(state.head_momentum)
+            for _ in range(self.config.unroll_steps):
+                with tf.GradientTape() as tape:
+                    tape.watch([encoder, head])
+                    objective, _, _ = self._stage_objective(
+                        stage, encoder, head, previous, mixing, train_batches[stage]
+                    )
+                grad_enc, grad_head = tape.gradient(objective, [encoder, head])
+                encoder, enc_buf = self._virtual_step(encoder, enc_buf, grad_enc, lr)
+                head, head_buf = self._virtual_step(head, head_buf, grad_head, lr)
+            if not differentiable:
+                encoder, head = tf.stop_gradient(encoder), tf.stop_gradient(head)
+            chain.append((encoder, head))
+            previous = encoder
+        return chain
+
+    def validation_objective(self, alphas, final_weights, val_batches):
+        """sum_k w_k L_k^val at ``final_weights[k] = (encoder, head)``; also per-learner terms."""
+        mixing = self._mixing(alphas)
+        total, losses, accuracies = 0.0, [], []
+        for k, learner in enumerate(self.learners):
+            images, labels = val_batches[k]
+            loss, logits = learner.loss(
+                final_weights[k][0], final_weights[k][1], mixing, images, labels
+            )
+            total += self.config.val_weight(k) * loss
+            losses.append(loss)
+            accuracies.append(learner_lib.accuracy(logits, labels))
+        return total, losses, accuracies
+
+    def arch_gradient(self, train_batches, val_batches, lr):
+        """The hypergradient dL/dA (list like ``architecture.alphas``) and validation metrics."""
+        alphas = [tf.convert_to_tensor(a) for a in self.architecture.alphas]
+        lr = tf.cast(lr, self.learners[0].states[0].encoder_weights.dtype)
+        cfg = self.config
+        if cfg.mode == "first_order":
+            finals = []
+            for k in range(cfg.num_learners):
+                state = self._state(cfg.last_stage(k))
+                finals.append(
+                    (
+                        tf.convert_to_tensor(state.encoder_weights),
+                        tf.convert_to_tensor(state.head_weights),
+                    )
+                )
+            with tf.GradientTape() as tape:
+                tape.watch(alphas)
+                total, losses, accs = self.validation_objective(alphas, finals, val_batches)
+            return tape.gradient(total, alphas), losses, accs
+        if cfg.mode == "exact":
+            with tf.GradientTape() as tape:
+                tape.watch(alphas)
+                chain = self.unrolled_chain(alphas, train_batches, lr)
+                finals = [chain[cfg.last_stage(k)] for k in range(cfg.num_learners)]
+                total, losses, accs = self.validation_objective(alphas, finals, val_batches)
+            return tape.gradient(total, alphas), losses, accs
+        return self._finite_difference_gradient(alphas, train_batches, val_batches, lr)
+
+    def _finite_difference_gradient(self, alphas, train_batches, val_batches, lr):
+        cfg = self.config
+        chain = self.unrolled_chain(alphas, train_batches, lr, differentiable=False)
+        grads = [tf.zeros_like(a) for a in alphas]
+        losses, accs = [], []
+        for k, learner in enumerate(self.learners):
+            stage = cfg.last_stage(k)
+            encoder_bar, head_bar = chain[stage]
+            images, labels = val_batches[k]
+            with tf.GradientTape() as tape:
+                tape.watch(alphas + [encoder_bar, head_bar])
+                loss, logits = learner.loss(
+                    encoder_bar, head_bar, self._mixing(alphas), images, labels
+                )
+                weighted = cfg.val_weight(k) * loss
+            d_alphas = tape.gradient(weighted, alphas + [encoder_bar, head_bar])
+            v_enc, v_head = d_alphas[-2], d_alphas[-1]
+            state = self._state(stage)
+            encoder = tf.convert_to_tensor(state.encoder_weights)
+            if cfg.transfer == "handover" and stage > 0:
+                encoder = chain[stage - 1][0]
+            head = tf.convert_to_tensor(state.head_weights)
+            norm = tf.sqrt(tf.reduce_sum(tf.square(v_enc)) + tf.reduce_sum(tf.square(v_head)))
+            eps = cfg.fd_scale / tf.maximum(norm, tf.cast(1e-30, norm.dtype))
+
+            plus, minus = (
+                self._train_alpha_gradient(
+                    alphas,
+                    stage,
+                    encoder + sign * eps * v_enc,
+                    head + sign * eps * v_head,
+                    train_batches[stage],
+                )
+                for sign in (1.0, -1.0)
+            )
+            for i in range(len(alphas)):
+                grads[i] += d_alphas[i] - lr * (plus[i] - minus[i]) / (2.0 * eps)
+            losses.append(loss)
+            accs.append(learner_lib.accuracy(logits, labels))
+        return grads, losses, accs
+
+    def _train_alpha_gradient(self, alphas, stage, encoder, head, batch):
+        """∇_A of stage ``stage``'s training objective at fixed weights (no proximal term)."""
+        with tf.GradientTape() as tape:
+            tape.watch(alphas)
+            objective, _, _ = self._stage_objective(
+                stage, encoder, head, None, self._mixing(alphas), batch
+            )
+        return tape.gradient(objective, alphas)
+
+    def apply_arch_gradient(self, grads):
+        """Adam step on A with PyTorch-style (coupled) L2 weight decay."""
+        wd = self.config.arch_weight_decay
+        alphas = self.architecture.alphas
+        grads = [g + wd * tf.cast(a, g.dtype) for g, a in zip(grads, alphas)]
+        self.arch_optimizer.apply_gradients(zip(grads, alphas))
+
+    # ------------------------------------------------------------------ weight step
+    def weight_step(self, train_batches, lr):
+        """Real SGD steps of every stage in order; returns per-stage (loss, accuracy)."""
+        cfg = self.config
+        alphas = [tf.stop_gradient(tf.convert_to_tensor(a)) for a in self.architecture.alphas]
+        mixing = self._mixing(alphas)
+        previous, metrics = None, []
+        for stage in range(len(cfg.stages)):
+            state = self._state(stage)
+            if cfg.transfer == "handover" and previous is not None:
+                state.encoder_weights.assign(previous)
+            encoder = tf.convert_to_tensor(state.encoder_weights)
+            head = tf.convert_to_tensor(state.head_weights)
+            lr_t = tf.cast(lr, encoder.dtype)
+            with tf.GradientTape() as tape:
+                tape.watch([encoder, head])
+                objective, loss, logits = self._stage_objective(
+                    stage, encoder, head, previous, mixing, train_batches[stage]
+                )
+            grads = tape.gradient(objective, [encoder, head])
+            grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip)
+            new_encoder, enc_buf = self._virtual_step(
+                encoder, state.encoder_momentum, grads[0], lr_t
+            )
+            new_head, head_buf = self._virtual_step(head, state.head_momentum, grads[1], lr_t)
+            state.encoder_momentum.assign(enc_buf)
+            state.head_momentum.assign(head_buf)
+            state.encoder_weights.assign(new_encoder)
+            state.head_weights.assign(new_head)
+            previous = tf.stop_gradient(new_encoder)
+            metrics.append((loss, learner_lib.accuracy(logits, train_batches[stage][1])))
+        return metrics
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self, train_batches, val_batches, lr):
+        """Architecture step, then weight steps (DARTS order). Returns a dict of metrics.
+
+        Args:
+          train_batches: one ``(images, labels)`` per stage, in stage order.
+          val_batches: one ``(images, labels)`` per learner.
+          lr: the learners' current learning rate (eta).
+        """
+        self.check_batches(train_batches, val_batches)
+        grads, val_losses, val_accs = self.arch_gradient(train_batches, val_batches, lr)
+        self.apply_arch_gradient(grads)
+        train_metrics = self.weight_step(train_batches, lr)
+        grad_norm = tf.linalg.global_norm(grads)
+        return {
+            "hypergradient_norm": grad_norm,
+            "val_loss": tf.stack(val_losses),
+            "val_accuracy": tf.stack(val_accs),
+            "train_loss": tf.stack([m[0] for m in train_metrics]),
+            "train_accuracy": tf.stack([m[1] for m in train_metrics]),
+        }
+
+    def check_batches(self, train_batches, val_batches):
+        """Raises ``ValueError`` naming the mismatch if batches do not fit the stages/learners."""
+        cfg = self.config
+        if len(train_batches) != len(cfg.stages):
+            raise ValueError(
+                f"{len(train_batches)} train batches given, expected one per stage ({len(cfg.stages)})"
+            )
+        if len(val_batches) != cfg.num_learners:
+            raise ValueError(
+                f"{len(val_batches)} validation batches given, expected {cfg.num_learners}"
+            )
+        for where, batches, owners in (
+            ("train", train_batches, [k for _, k in cfg.stages]),
+            ("validation", val_batches, list(range(cfg.num_learners))),
+        ):
+            for i, ((images, _), k) in enumerate(zip(batches, owners)):
+                expected = self.learners[k].image_shape
+                if tuple(images.shape[1:]) != expected:
+                    raise ValueError(
+                        f"{where} batch {i} for learner {self.learners[k].name} has images of shape "
+                        f"{tuple(images.shape[1:])}, expected {expected}"
+                    )

@@ -1,0 +1,135 @@
+"""Learners of interleaving learning: an encoder (W_k) and a head (H_k) behind flat buffers.
+
+A ``Learner`` owns one ``SearchEncoder`` and one ``ClassifierHead`` and evaluates them as a
+pure function of *flat* weight vectors (``loss(encoder_flat, head_flat, mixing, images,
+labels)``) through Keras' ``stateless_call``. Its trainable state lives in ``LearnerState``
+objects: the encoder weights, the head weights and their SGD momentum buffers, each one flat
+``tf.Variable``. Flat buffers keep the compiled graph small: a virtual SGD step, the proximal
+term ``lambda * ||W - W_prev||^2`` and the optimizer update are a handful of ops per learner
+instead of a handful per layer variable.
+
+Batch normalisation: the supernet normalises with batch statistics and keeps no running
+statistics (see ``ops``), so learners share no BN state and each stage's forward pass depends
+only on (A, W, H, batch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from ilnas_tf import search_space
+
+
+def flatten(tensors, dtype=None):
+    """Concatenates tensors into one 1-D tensor."""
+    return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+
+class FlatLayout:
+    """Shapes of a list of variables and the inverse of ``flatten``."""
+
+    def __init__(self, variables):
+        self.shapes = [tuple(v.shape) for v in variables]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.size = int(sum(self.sizes))
+
+    def unflatten(self, flat):
+        parts = tf.split(flat, self.sizes) if len(self.sizes) > 1 else [flat]
+        return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
+
+
+class LearnerState(tf.Module):
+    """Trainable state of one learner (or of one (learner, round) stage copy).
+
+    Attributes:
+      encoder_weights: flat encoder weights W.
+      head_weights: flat head weights H.
+      encoder_momentum, head_momentum: SGD momentum buffers (zeros at start, as PyTorch's
+        first step ``buf = grad`` equals ``momentum * 0 + grad``).
+    """
+
+    def __init__(self, encoder_flat, head_flat, name=None):
+        super().__init__(name=name)
+        self.encoder_weights = tf.Variable(encoder_flat, name="encoder_weights")
+        self.head_weights = tf.Variable(head_flat, name="head_weights")
+        self.encoder_momentum = tf.Variable(tf.zeros_like(encoder_flat), name="encoder_momentum")
+        self.head_momentum = tf.Variable(tf.zeros_like(head_flat), name="head_momentum")
+
+
+class Learner:
+    """Learner k: encoder + head evaluated at flat weights, with its own states.
+
+    Args:
+      encoder: a ``SearchEncoder`` (W_k).
+      head: a ``ClassifierHead`` (H_k) with this learner's class count.
+      image_shape: ``(height, width, channels)`` of this learner's images.
+      name: used in metric names.
+      num_states: number of weight copies (1, or M for one copy per round).
+    """
+
+    def __init__(self, encoder, head, image_shape, name="learner", num_states=1):
+        self.encoder = encoder
+        self.head = head
+        self.name = name
+        self.image_shape = tuple(int(d) for d in image_shape)
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}")
+        primitives = len(encoder.primitives)
+        uniform = tf.fill([search_space.num_edges(encoder.steps), primitives], 1.0 / primitives)
+        uniform = tf.cast(uniform, encoder.compute_dtype)
+        dummy = tf.zeros((2,) + self.image_shape, encoder.compute_dtype)
+        head(encoder(dummy, uniform, uniform))
+        self.encoder_layout = FlatLayout(encoder.trainable_variables)
+        self.head_layout = FlatLayout(head.trainable_variables)
+        encoder_flat = flatten(encoder.trainable_variables)
+        head_flat = flatten(head.trainable_variables)
+        self.states = [
+            LearnerState(encoder_flat, head_flat, name=f"{name}_state{i}")
+            for i in range(num_states)
+        ]
+
+    @property
+    def num_encoder_weights(self):
+        return self.encoder_layout.size
+
+    @property
+    def num_head_weights(self):
+        return self.head_layout.size
+
+    def logits(self, encoder_flat, head_flat, mixing, images):
+        """Logits at the given flat weights and mixing weights ``(normal, reduce)``."""
+        features, _ = self.encoder.stateless_call(
+            self.encoder_layout.unflatten(encoder_flat), [], images, mixing[0], mixing[1]
+        )
+        logits, _ = self.head.stateless_call(self.head_layout.unflatten(head_flat), [], features)
+        return logits
+
+    def loss(self, encoder_flat, head_flat, mixing, images, labels, global_batch_size=None):
+        """Mean cross-entropy (over ``global_batch_size`` if given) and the logits."""
+        logits = self.logits(encoder_flat, head_flat, mixing, images)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            tf.cast(labels, tf.int32), logits
+        )
+        if global_batch_size is None:
+            return tf.reduce_mean(per_example), logits
+        return tf.reduce_sum(per_example) / tf.cast(global_batch_size, per_example.dtype), logits
+
+    def sync_layers(self, state_index=-1):
+        """Copies a state's flat weights into the Keras layers (for export and inspection)."""
+        state = self.states[state_index]
+        for var, value in zip(
+            self.encoder.trainable_variables,
+            self.encoder_layout.unflatten(state.encoder_weights),
+        ):
+            var.assign(value)
+        for var, value in zip(
+            self.head.trainable_variables, self.head_layout.unflatten(state.head_weights)
+        ):
+            var.assign(value)
+
+
+def accuracy(logits, labels):
+    """Top-1 accuracy of a batch."""
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.reduce_mean(tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32))

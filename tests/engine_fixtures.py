@@ -1,0 +1,54 @@
+"""Tiny float64 interleaving setups shared by the engine tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from ilnas_tf import engine, learner, search_space
+
+IMAGE_SHAPE = (8, 8, 3)
+
+
+def make_engine(config, classes=(3, 2), channels=2, layers=3, seed=0, dtype="float64"):
+    """Architecture + K learners (tiny supernets) + engine, deterministic in ``seed``."""
+    tf.keras.utils.set_random_seed(seed) if hasattr(tf, "keras") else None
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    arch = search_space.Architecture(init_scale=0.5, dtype=dtype)
+    num_states = config.rounds if config.weights_per_stage else 1
+    learners = [
+        learner.Learner(
+            search_space.SearchEncoder(channels, layers, dtype=dtype),
+            search_space.ClassifierHead(classes[k], dtype=dtype),
+            IMAGE_SHAPE,
+            name=f"learner{k}",
+            num_states=num_states,
+        )
+        for k in range(config.num_learners)
+    ]
+    return engine.InterleavingEngine(arch, learners, config)
+
+
+def make_batches(eng, batch=2, seed=1, dtype=np.float64):
+    """One random train batch per stage and one validation batch per learner."""
+    rng = np.random.default_rng(seed)
+
+    def batch_for(k):
+        classes = eng.learners[k].head.num_classes
+        images = rng.normal(size=(batch,) + IMAGE_SHAPE).astype(dtype)
+        labels = rng.integers(0, classes, size=(batch,)).astype(np.int32)
+        return tf.constant(images), tf.constant(labels)
+
+    train = [batch_for(k) for _, k in eng.config.stages]
+    val = [batch_for(k) for k in range(eng.config.num_learners)]
+    return train, val
+
+
+def unrolled_objective(eng, alphas, train, val, lr):
+    """The full unrolled objective J(A) = sum_k w_k L_k^val(A, W̄_k(A), H̄_k(A))."""
+    chain = eng.unrolled_chain(alphas, train, lr)
+    finals = [chain[eng.config.last_stage(k)] for k in range(eng.config.num_learners)]
+    total, _, _ = eng.validation_objective(alphas, finals, val)
+    return total
