@@ -348,9 +348,17 @@ class SearchEncoder(keras.layers.Layer):
         stem_multiplier=STEM_MULTIPLIER,
         input_channels=3,
         trace_cells=False,
+        cell_impl="per_edge",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if cell_impl not in ("per_edge", "fused"):
+            raise ValueError(f"cell_impl must be 'per_edge' or 'fused', got {cell_impl!r}")
+        self.cell_impl = cell_impl
+        if cell_impl == "fused":
+            from ilnas_tf.fused_cell import FusedSearchCell as cell_class  # avoids an import cycle
+        else:
+            cell_class = SearchCell
         self.channels = ops._check_positive_int("channels", channels)
         self.num_layers = ops._check_positive_int("layers", layers)
         self.primitives = _check_primitives(primitives)
@@ -370,7 +378,7 @@ class SearchEncoder(keras.layers.Layer):
             if reduction:
                 c_curr *= 2
             self.cells.append(
-                SearchCell(
+                cell_class(
                     c_prev_prev,
                     c_prev,
                     c_curr,
@@ -435,6 +443,7 @@ class SearchEncoder(keras.layers.Layer):
             stem_multiplier=self.stem_multiplier,
             input_channels=self.input_channels,
             trace_cells=self.trace_cells,
+            cell_impl=self.cell_impl,
         )
         return config
 

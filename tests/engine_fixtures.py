@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -12,9 +13,6 @@ IMAGE_SHAPE = (8, 8, 3)
 
 def make_engine(config, classes=(3, 2), channels=2, layers=3, seed=0, dtype="float64"):
     """Architecture + K learners (tiny supernets) + engine, deterministic in ``seed``."""
-    tf.keras.utils.set_random_seed(seed) if hasattr(tf, "keras") else None
-    import keras
-
     keras.utils.set_random_seed(seed)
     arch = search_space.Architecture(init_scale=0.5, dtype=dtype)
     num_states = config.rounds if config.weights_per_stage else 1

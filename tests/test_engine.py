@@ -132,7 +132,7 @@ def test_weight_step_is_pytorch_sgd_with_clipping_and_proximal_term():
     _randomise_momentum(eng)
     train, _ = make_batches(eng, batch=2)
     lr = 0.05
-    states = [l.states[0] for l in eng.learners]
+    states = [item.states[0] for item in eng.learners]
     before = [
         [
             s.encoder_weights.numpy(),
@@ -182,7 +182,7 @@ def test_handover_copies_previous_encoder_before_the_step():
 def test_weights_per_stage_uses_one_copy_per_round():
     config = engine.InterleavingConfig(num_learners=2, rounds=2, weights_per_stage=True)
     eng = make_engine(config)
-    assert [len(l.states) for l in eng.learners] == [2, 2]
+    assert [len(item.states) for item in eng.learners] == [2, 2]
     assert [config.state_index(s) for s in range(4)] == [0, 0, 1, 1]
     assert config.stages == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [config.last_stage(k) for k in range(2)] == [2, 3]
