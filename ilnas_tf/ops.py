@@ -356,7 +356,8 @@ class FactorizedReduce(DartsOp):
 
     def __init__(self, c_in, c_out, affine=True, **kwargs):
         kwargs.pop("stride", None)
-        if isinstance(c_out, int) and c_out % 2:
+        c_out = _check_positive_int("c_out", c_out)
+        if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even c_out, got {c_out}")
         super().__init__(c_in, c_out, 2, affine, **kwargs)
 
@@ -434,7 +435,7 @@ OPS = {
     "avg_pool_3x3": lambda c, stride, affine, **kw: AvgPool(c, c, stride, affine, **kw),
     "skip_connect": lambda c, stride, affine, **kw: (
         Identity(c, c, 1, affine, **kw)
-        if stride == 1
+        if _check_stride(stride) == 1
         else FactorizedReduce(c, c, affine=affine, **kw)
     ),
     "sep_conv_3x3": lambda c, stride, affine, **kw: SepConv(c, c, 3, stride, 1, affine, **kw),

@@ -262,8 +262,10 @@ class SearchCell(keras.layers.Layer):
             self.multiplier,
         )
 
-    def build(self, input_shape):
-        shape0, shape1 = input_shape
+    def build(self, s0_shape, s1_shape=None, weights_shape=None):
+        # Keras matches build's arguments to call's (s0, s1, weights) by name.
+        shape0 = s0_shape
+        shape1 = s0_shape if s1_shape is None else s1_shape
         self.preprocess0.build(shape0)
         self.preprocess1.build(shape1)
         height = shape1[1]
@@ -415,7 +417,7 @@ class SearchEncoder(keras.layers.Layer):
         batch, height, width = input_shape[0], input_shape[1], input_shape[2]
         s0 = s1 = (batch, height, width, self.stem_channels)
         for cell in self.cells:
-            cell.build((s0, s1))
+            cell.build(s0, s1)
             if cell.reduction:
                 height = None if height is None else (height + 1) // 2
                 width = None if width is None else (width + 1) // 2
