@@ -189,6 +189,18 @@ class InterleavingEngine:
         self.arch_optimizer.build(architecture.alphas)
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _replicas():
+        return tf.distribute.get_strategy().num_replicas_in_sync
+
+    @staticmethod
+    def _all_reduce(tensors, op=tf.distribute.ReduceOp.SUM):
+        """Sums per-replica gradients (differentiably) when running on several replicas."""
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return tensors
+        return context.all_reduce(op, tensors)
+
     def _state(self, stage):
         _, k = self.config.stages[stage]
         return self.learners[k].states[self.config.state_index(stage)]
@@ -236,7 +248,7 @@ class InterleavingEngine:
                     objective, _, _ = self._stage_objective(
                         stage, encoder, head, previous, mixing, train_batches[stage]
                     )
-                grad_enc, grad_head = tape.gradient(objective, [encoder, head])
+                grad_enc, grad_head = self._all_reduce(tape.gradient(objective, [encoder, head]))
                 encoder, enc_buf = self._virtual_step(encoder, enc_buf, grad_enc, lr)
                 head, head_buf = self._virtual_step(head, head_buf, grad_head, lr)
             if not differentiable:
@@ -303,7 +315,7 @@ class InterleavingEngine:
                 )
                 weighted = cfg.val_weight(k) * loss
             d_alphas = tape.gradient(weighted, alphas + [encoder_bar, head_bar])
-            v_enc, v_head = d_alphas[-2], d_alphas[-1]
+            v_enc, v_head = self._all_reduce(d_alphas[-2:])
             state = self._state(stage)
             encoder = tf.convert_to_tensor(state.encoder_weights)
             if cfg.transfer == "handover" and stage > 0:
@@ -339,7 +351,9 @@ class InterleavingEngine:
 
     def apply_arch_gradient(self, grads):
         """Adam step on A with PyTorch-style (coupled) L2 weight decay."""
-        wd = self.config.arch_weight_decay
+        # Each replica passes its share of the gradient and the optimizer sums the shares, so
+        # each replica adds its share of the L2 term too.
+        wd = self.config.arch_weight_decay / self._replicas()
         alphas = self.architecture.alphas
         grads = [g + wd * tf.cast(a, g.dtype) for g, a in zip(grads, alphas)]
         self.arch_optimizer.apply_gradients(zip(grads, alphas))
@@ -363,7 +377,7 @@ class InterleavingEngine:
                 objective, loss, logits = self._stage_objective(
                     stage, encoder, head, previous, mixing, train_batches[stage]
                 )
-            grads = tape.gradient(objective, [encoder, head])
+            grads = self._all_reduce(tape.gradient(objective, [encoder, head]))
             grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip)
             new_encoder, enc_buf = self._virtual_step(
                 encoder, state.encoder_momentum, grads[0], lr_t
@@ -390,14 +404,23 @@ class InterleavingEngine:
         grads, val_losses, val_accs = self.arch_gradient(train_batches, val_batches, lr)
         self.apply_arch_gradient(grads)
         train_metrics = self.weight_step(train_batches, lr)
-        grad_norm = tf.linalg.global_norm(grads)
+        mean = tf.distribute.ReduceOp.MEAN
         return {
-            "hypergradient_norm": grad_norm,
-            "val_loss": tf.stack(val_losses),
-            "val_accuracy": tf.stack(val_accs),
-            "train_loss": tf.stack([m[0] for m in train_metrics]),
-            "train_accuracy": tf.stack([m[1] for m in train_metrics]),
+            "hypergradient_norm": tf.linalg.global_norm(self._all_reduce(grads)),
+            "val_loss": self._all_reduce(tf.stack(val_losses)),
+            "val_accuracy": self._all_reduce(tf.stack(val_accs), mean),
+            "train_loss": self._all_reduce(tf.stack([m[0] for m in train_metrics])),
+            "train_accuracy": self._all_reduce(tf.stack([m[1] for m in train_metrics]), mean),
         }
+
+    def distributed_step(self, strategy, train_batches, val_batches, lr):
+        """Runs ``step`` on every replica of ``strategy`` (call inside a ``tf.function``).
+
+        ``train_batches``/``val_batches`` are per-replica values (e.g. from a distributed
+        dataset). Returns the metrics of the first replica (they are all-reduced already).
+        """
+        metrics = strategy.run(self.step, args=(train_batches, val_batches, lr))
+        return {k: strategy.experimental_local_results(v)[0] for k, v in metrics.items()}
 
     def check_batches(self, train_batches, val_batches):
         """Raises ``ValueError`` naming the mismatch if batches do not fit the stages/learners."""

@@ -51,10 +51,16 @@ class LearnerState(tf.Module):
 
     def __init__(self, encoder_flat, head_flat, name=None):
         super().__init__(name=name)
-        self.encoder_weights = tf.Variable(encoder_flat, name="encoder_weights")
-        self.head_weights = tf.Variable(head_flat, name="head_weights")
-        self.encoder_momentum = tf.Variable(tf.zeros_like(encoder_flat), name="encoder_momentum")
-        self.head_momentum = tf.Variable(tf.zeros_like(head_flat), name="head_momentum")
+        # Every replica computes the same update from all-reduced gradients.
+        same = tf.VariableAggregation.ONLY_FIRST_REPLICA
+
+        def variable(value, name):
+            return tf.Variable(value, name=name, aggregation=same)
+
+        self.encoder_weights = variable(encoder_flat, "encoder_weights")
+        self.head_weights = variable(head_flat, "head_weights")
+        self.encoder_momentum = variable(tf.zeros_like(encoder_flat), "encoder_momentum")
+        self.head_momentum = variable(tf.zeros_like(head_flat), "head_momentum")
 
 
 class Learner:
@@ -105,15 +111,21 @@ class Learner:
         logits, _ = self.head.stateless_call(self.head_layout.unflatten(head_flat), [], features)
         return logits
 
-    def loss(self, encoder_flat, head_flat, mixing, images, labels, global_batch_size=None):
-        """Mean cross-entropy (over ``global_batch_size`` if given) and the logits."""
+    def loss(self, encoder_flat, head_flat, mixing, images, labels):
+        """Cross-entropy averaged over the *global* batch, and the logits.
+
+        With several replicas each one returns its share (sum over its examples divided by
+        the global batch size): the all-reduced sum is the mean over the global batch.
+        """
         logits = self.logits(encoder_flat, head_flat, mixing, images)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
             tf.cast(labels, tf.int32), logits
         )
-        if global_batch_size is None:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas == 1:
             return tf.reduce_mean(per_example), logits
-        return tf.reduce_sum(per_example) / tf.cast(global_batch_size, per_example.dtype), logits
+        global_batch = tf.cast(tf.shape(per_example)[0] * replicas, per_example.dtype)
+        return tf.reduce_sum(per_example) / global_batch, logits
 
     def sync_layers(self, state_index=-1):
         """Copies a state's flat weights into the Keras layers (for export and inspection)."""

@@ -60,9 +60,44 @@ def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
     return keras.initializers.RandomUniform(-bound, bound)
 
 
+def _replica_context():
+    """The replica context when running on more than one replica, else None."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def _synchronized_moments(x, context):
+    """Mean and biased variance over the global batch (all replicas), differentiably."""
+    axes = [0, 1, 2]
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+    local_sum = tf.reduce_sum(x, axis=axes, keepdims=True)
+    local_squares = tf.reduce_sum(tf.square(x), axis=axes, keepdims=True)
+    total, squares, count = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, [local_sum, local_squares, count]
+    )
+    mean = total / count
+    return mean, squares / count - tf.square(mean)
+
+
 def batch_norm(x, scale=None, offset=None, epsilon: float = BN_EPSILON):
-    """Normalises NHWC ``x`` with the statistics of the current batch (biased variance)."""
+    """Normalises NHWC ``x`` with the statistics of the current batch (biased variance).
+
+    Under a distribution strategy with several replicas the statistics are those of the
+    global batch (all-reduced, differentiable), so a distributed step computes what one
+    device computes on the global batch.
+    """
     channels = x.shape[-1]
+    context = _replica_context()
+    if context is not None:
+        mean, variance = _synchronized_moments(x, context)
+        y = (x - mean) * tf.math.rsqrt(variance + epsilon)
+        if scale is not None:
+            y = y * tf.cast(scale, x.dtype)
+        if offset is not None:
+            y = y + tf.cast(offset, x.dtype)
+        return y
     if x.dtype in (tf.float16, tf.bfloat16, tf.float32):
         if scale is None:
             scale = tf.ones([channels], tf.float32)

@@ -1,0 +1,103 @@
+"""Runs N search iterations on one device and under MirroredStrategy on 2 logical CPUs.
+
+Usage: python tests/distributed_check.py OUT.npz [mode] [learners] [rounds] [cell_impl]
+Writes the alphas and flat weights of both runs. Run as its own process: the logical CPU
+devices must be configured before TensorFlow initialises.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+import keras  # noqa: E402
+
+from ilnas_tf import engine, learner, search_space  # noqa: E402
+
+ITERATIONS = 3
+GLOBAL_BATCH = 4
+SHAPE = (8, 8, 3)
+
+
+def build(config, cell_impl):
+    keras.utils.set_random_seed(0)
+    arch = search_space.Architecture(init_scale=0.3)
+    learners = [
+        learner.Learner(
+            search_space.SearchEncoder(2, 3, cell_impl=cell_impl),
+            search_space.ClassifierHead(3),
+            SHAPE,
+            name=f"learner{k}",
+        )
+        for k in range(config.num_learners)
+    ]
+    return engine.InterleavingEngine(arch, learners, config)
+
+
+def batches(config, seed):
+    rng = np.random.default_rng(seed)
+
+    def one():
+        images = rng.normal(size=(GLOBAL_BATCH,) + SHAPE).astype(np.float32)
+        labels = rng.integers(0, 3, size=(GLOBAL_BATCH,)).astype(np.int32)
+        return tf.constant(images), tf.constant(labels)
+
+    return [one() for _ in config.stages], [one() for _ in range(config.num_learners)]
+
+
+def snapshot(eng):
+    values = {f"alpha{i}": a.numpy() for i, a in enumerate(eng.architecture.alphas)}
+    for k, item in enumerate(eng.learners):
+        values[f"encoder{k}"] = item.states[0].encoder_weights.numpy()
+        values[f"head{k}"] = item.states[0].head_weights.numpy()
+    return values
+
+
+def main():
+    out = sys.argv[1]
+    mode = sys.argv[2] if len(sys.argv) > 2 else "exact"
+    num_learners = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+    cell_impl = sys.argv[5] if len(sys.argv) > 5 else "per_edge"
+    config = engine.InterleavingConfig(
+        num_learners=num_learners, rounds=rounds, proximal_strength=0.5, mode=mode
+    )
+    data = [batches(config, seed) for seed in range(ITERATIONS)]
+    lr = tf.constant(0.05)
+
+    single = build(config, cell_impl)
+    single_step = tf.function(single.step)
+    for train, val in data:
+        single_step(train, val, lr)
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = build(config, cell_impl)
+
+    @tf.function
+    def mirrored_step(train, val):
+        return mirrored.distributed_step(strategy, train, val, lr)
+
+    for train, val in data:
+        half = GLOBAL_BATCH // 2
+
+        def split(ctx, tensors=(train, val)):
+            start = ctx.replica_id_in_sync_group * half
+            return tf.nest.map_structure(lambda t: t[start : start + half], tensors)
+
+        per_replica = strategy.experimental_distribute_values_from_function(split)
+        mirrored_step(*per_replica)
+    a, b = snapshot(single), snapshot(mirrored)
+    np.savez(out, **{f"single_{k}": v for k, v in a.items()}, **{f"mirrored_{k}": v for k, v in b.items()})
+    print("ok", {k: float(np.max(np.abs(a[k] - b[k]))) for k in a})
+
+
+if __name__ == "__main__":
+    main()
