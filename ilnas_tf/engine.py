@@ -215,9 +215,9 @@ class InterleavingEngine:
         loss, logits = self.learners[k].loss(encoder, head, mixing, images, labels)
         objective = self.config.train_weight(k) * loss
         if previous is not None and self.config.proximal_strength > 0:
-            objective += self.config.proximal_strength * tf.reduce_sum(
-                tf.square(encoder - previous)
-            )
+            # Each replica adds its share: the all-reduced gradient sums the shares.
+            strength = self.config.proximal_strength / self._replicas()
+            objective += strength * tf.reduce_sum(tf.square(encoder - previous))
         return objective, loss, logits
 
     def _virtual_step(self, weights, momentum, grad, lr):
