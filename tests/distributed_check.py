@@ -95,7 +95,11 @@ def main():
         per_replica = strategy.experimental_distribute_values_from_function(split)
         mirrored_step(*per_replica)
     a, b = snapshot(single), snapshot(mirrored)
-    np.savez(out, **{f"single_{k}": v for k, v in a.items()}, **{f"mirrored_{k}": v for k, v in b.items()})
+    np.savez(
+        out,
+        **{f"single_{k}": v for k, v in a.items()},
+        **{f"mirrored_{k}": v for k, v in b.items()},
+    )
     print("ok", {k: float(np.max(np.abs(a[k] - b[k]))) for k in a})
 
 
