@@ -338,6 +338,8 @@ class SearchEncoder(keras.layers.Layer):
     Call as ``encoder(images, weights_normal, weights_reduce)``; returns ``(batch, features)``
     with ``features == encoder.output_channels``. The stem BN is affine (as in the
     reference); every other BN is non-affine. All BNs use batch statistics (see ``ops``).
+    ``cell_impl="fused"`` builds ``fused_cell.FusedSearchCell``s instead of ``SearchCell``s:
+    the same function and parameter count with batched edges (~7x fewer graph ops).
     """
 
     def __init__(
