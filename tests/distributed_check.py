@@ -88,9 +88,9 @@ def main():
     for train, val in data:
         half = GLOBAL_BATCH // 2
 
-        def split(ctx, tensors=(train, val)):
+        def split(ctx, tensors=(train, val), half=half):
             start = ctx.replica_id_in_sync_group * half
-            return tf.nest.map_structure(lambda t: t[start : start + half], tensors)
+            return tf.nest.map_structure(lambda t, s=start: t[s : s + half], tensors)
 
         per_replica = strategy.experimental_distribute_values_from_function(split)
         mirrored_step(*per_replica)
