@@ -339,7 +339,7 @@ class SearchEncoder(keras.layers.Layer):
     with ``features == encoder.output_channels``. The stem BN is affine (as in the
     reference); every other BN is non-affine. All BNs use batch statistics (see ``ops``).
     ``cell_impl="fused"`` builds ``fused_cell.FusedSearchCell``s instead of ``SearchCell``s:
-    the same function and parameter count with batched edges (~7x fewer graph ops).
+    the same function and parameter count with batched edges (~6x fewer graph ops).
     """
 
     def __init__(
