@@ -23,7 +23,7 @@ flags.DEFINE_integer("batch", 4, "Batch size.")
 flags.DEFINE_integer("image_size", 32, "Image height/width.")
 flags.DEFINE_bool("trace_cells", False, "Wrap each distinct cell in a shared tf.function.")
 flags.DEFINE_enum(
-    "cell_impl", "per_edge", ["per_edge", "fused"], "SearchCell (per_edge) or FusedSearchCell."
+    "cell_impl", "fused", ["per_edge", "fused"], "SearchCell (per_edge) or FusedSearchCell."
 )
 flags.DEFINE_bool("grappler", True, "Grappler meta-optimizer on (TF default).")
 flags.DEFINE_integer("steps", 3, "Steady-state steps to time.")
