@@ -93,7 +93,10 @@ def run_search(
 
 def main(argv):
     del argv
-    gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
+    try:
+        gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
+    except (ValueError, OSError) as error:  # unknown binding, bad value, missing file
+        raise app.UsageError(f"bad gin configuration: {error}") from None
     np.set_printoptions(precision=4)
     run_search(root_dir=FLAGS.root_dir)
 
