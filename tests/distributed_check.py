@@ -73,6 +73,7 @@ def main():
     lr = tf.constant(0.05)
 
     single = build(config, cell_impl)
+    initial = snapshot(single)
     single_step = tf.function(single.step)
     for train, val in data:
         single_step(train, val, lr)
@@ -99,6 +100,7 @@ def main():
         out,
         **{f"single_{k}": v for k, v in a.items()},
         **{f"mirrored_{k}": v for k, v in b.items()},
+        **{f"initial_{k}": v for k, v in initial.items()},
     )
     print("ok", {k: float(np.max(np.abs(a[k] - b[k]))) for k in a})
 
