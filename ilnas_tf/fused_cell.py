@@ -54,9 +54,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ilnas_tf import genotype as genotype_lib
 from ilnas_tf import ops
-from ilnas_tf.search_space import MULTIPLIER, STEPS, _check_primitives
+from ilnas_tf.search_space import SearchCellBase
 
 __all__ = [
     "FusedSearchCell",
@@ -72,8 +71,6 @@ _CONV_OPS = {
     "dil_conv_5x5": (5, 2, False),
 }
 _POOL_OPS = {"max_pool_3x3": ops.max_pool_3x3, "avg_pool_3x3": ops.avg_pool_3x3}
-
-_TRACED_CELLS: dict = {}
 
 
 def _effective_size(kernel_size: int, dilation: int) -> int:
@@ -134,7 +131,7 @@ def _runs(items, key):
 
 
 @keras.saving.register_keras_serializable(package="ilnas_tf")
-class FusedSearchCell(keras.layers.Layer):
+class FusedSearchCell(SearchCellBase):
     """Drop-in replacement for ``SearchCell`` with its edges batched (see module docstring).
 
     Same arguments, config keys, call ``cell(s0, s1, weights)`` (``weights`` of shape
@@ -150,48 +147,13 @@ class FusedSearchCell(keras.layers.Layer):
     # C=8, 5 cells, batch 16: steady step 1.79 s / 1.64 s / 1.85 s (per_edge: 1.60 s).
     depthwise_grouping = "small"
 
-    def __init__(
-        self,
-        c_prev_prev,
-        c_prev,
-        channels,
-        reduction,
-        reduction_prev,
-        primitives=genotype_lib.PRIMITIVES,
-        steps=STEPS,
-        multiplier=MULTIPLIER,
-        trace_cells=False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.c_prev_prev = ops._check_positive_int("c_prev_prev", c_prev_prev)
-        self.c_prev = ops._check_positive_int("c_prev", c_prev)
-        self.channels = ops._check_positive_int("channels", channels)
-        self.reduction = bool(reduction)
-        self.reduction_prev = bool(reduction_prev)
-        self.primitives = _check_primitives(primitives)
-        self.steps = ops._check_positive_int("steps", steps)
-        self.multiplier = ops._check_positive_int("multiplier", multiplier)
-        if self.multiplier > self.steps:
-            raise ValueError(f"multiplier ({multiplier}) must not exceed steps ({steps})")
-        self.trace_cells = bool(trace_cells)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if all(p == "none" for p in self.primitives):
             raise ValueError(f"primitives need an op other than 'none', got {self.primitives}")
-        dtype = self.dtype_policy
-        if self.reduction_prev:
-            self.preprocess0 = ops.FactorizedReduce(
-                c_prev_prev, channels, affine=False, dtype=dtype, name="preprocess0"
-            )
-        else:
-            self.preprocess0 = ops.ReLUConvBN(
-                c_prev_prev, channels, 1, 1, 0, affine=False, dtype=dtype, name="preprocess0"
-            )
-        self.preprocess1 = ops.ReLUConvBN(
-            c_prev, channels, 1, 1, 0, affine=False, dtype=dtype, name="preprocess1"
-        )
         self.has_reduce_skip = self.reduction and "skip_connect" in self.primitives
         if self.has_reduce_skip and self.channels % 2:
-            raise ValueError(f"a reduction cell needs an even channel count, got {channels}")
+            raise ValueError(f"a reduction cell needs an even channel count, got {self.channels}")
 
         # Static edge bookkeeping.
         self.reference_edges = [
@@ -294,19 +256,6 @@ class FusedSearchCell(keras.layers.Layer):
         if self.has_reduce_skip:
             specs.append(("factorized_reduce", (2, 2 * self.steps, c, c // 2), c))
         return specs
-
-    @property
-    def spec(self):
-        return (
-            self.c_prev_prev,
-            self.c_prev,
-            self.channels,
-            self.reduction,
-            self.reduction_prev,
-            self.primitives,
-            self.steps,
-            self.multiplier,
-        )
 
     # ------------------------------------------------------------------ variables
 
@@ -520,31 +469,8 @@ class FusedSearchCell(keras.layers.Layer):
             nodes.append(x)
         return tf.concat(nodes[-self.multiplier :], axis=-1)
 
-    def _forward_function(self):
-        key = ("fused", self.spec, self.dtype_policy.name, self.depthwise_grouping)
-        if key not in _TRACED_CELLS:
-            _TRACED_CELLS[key] = tf.function(self.forward, autograph=False)
-        return _TRACED_CELLS[key]
-
-    def call(self, s0, s1, weights):
-        kernels = [k.value for k in self.kernels]
-        forward = self._forward_function() if self.trace_cells else self.forward
-        return forward(kernels, s0, s1, weights)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            c_prev_prev=self.c_prev_prev,
-            c_prev=self.c_prev,
-            channels=self.channels,
-            reduction=self.reduction,
-            reduction_prev=self.reduction_prev,
-            primitives=list(self.primitives),
-            steps=self.steps,
-            multiplier=self.multiplier,
-            trace_cells=self.trace_cells,
-        )
-        return config
+    def _trace_key(self):
+        return super()._trace_key() + (self.depthwise_grouping,)
 
 
 # ----------------------------------------------------------------------------- conversion

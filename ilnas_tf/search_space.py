@@ -185,9 +185,13 @@ class MixedOp(keras.layers.Layer):
 _TRACED_CELLS: dict = {}
 
 
-@keras.saving.register_keras_serializable(package="ilnas_tf")
-class SearchCell(keras.layers.Layer):
-    """A DARTS search cell: 2 preprocessed inputs, ``steps`` nodes, concat of the last ``multiplier``.
+class SearchCellBase(keras.layers.Layer):
+    """What the per-edge ``SearchCell`` and the edge-batched ``FusedSearchCell`` share.
+
+    Validates and stores the hyperparameters, builds the two preprocessing ops, and provides
+    ``call`` (optionally through one shared ``tf.function`` per distinct cell, see the module
+    docstring) and ``get_config``. Subclasses define ``kernels``, ``build`` and the pure
+    ``forward(kernels, s0, s1, weights)``.
 
     Args:
       c_prev_prev, c_prev: channels of the two inputs (outputs of the two previous cells).
@@ -195,6 +199,7 @@ class SearchCell(keras.layers.Layer):
       reduction: whether this cell halves the spatial size (stride 2 on input edges).
       reduction_prev: whether the previous cell was a reduction (input 0 is then
         FactorizedReduce-d to match the spatial size).
+      primitives, steps, multiplier: candidate ops, intermediate nodes, nodes concatenated.
       trace_cells: share one ``tf.function`` per distinct cell spec (see module docstring).
     """
 
@@ -235,19 +240,6 @@ class SearchCell(keras.layers.Layer):
         self.preprocess1 = ops.ReLUConvBN(
             c_prev, channels, 1, 1, 0, affine=False, dtype=dtype, name="preprocess1"
         )
-        self.edges = []
-        for node in range(self.steps):
-            for source in range(2 + node):
-                stride = 2 if self.reduction and source < 2 else 1
-                self.edges.append(
-                    MixedOp(
-                        channels,
-                        stride,
-                        self.primitives,
-                        dtype=dtype,
-                        name=f"edge_{source}_{node + 2}",
-                    )
-                )
 
     @property
     def spec(self):
@@ -261,6 +253,64 @@ class SearchCell(keras.layers.Layer):
             self.steps,
             self.multiplier,
         )
+
+    def _trace_key(self):
+        return (type(self).__name__, self.spec, self.dtype_policy.name)
+
+    def _forward_function(self):
+        key = self._trace_key()
+        if key not in _TRACED_CELLS:
+            _TRACED_CELLS[key] = tf.function(self.forward, autograph=False)
+        return _TRACED_CELLS[key]
+
+    def forward(self, kernels, s0, s1, weights):
+        raise NotImplementedError
+
+    def call(self, s0, s1, weights):
+        kernels = [k.value for k in self.kernels]
+        forward = self._forward_function() if self.trace_cells else self.forward
+        return forward(kernels, s0, s1, weights)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            c_prev_prev=self.c_prev_prev,
+            c_prev=self.c_prev,
+            channels=self.channels,
+            reduction=self.reduction,
+            reduction_prev=self.reduction_prev,
+            primitives=list(self.primitives),
+            steps=self.steps,
+            multiplier=self.multiplier,
+            trace_cells=self.trace_cells,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ilnas_tf")
+class SearchCell(SearchCellBase):
+    """A DARTS search cell: 2 preprocessed inputs, ``steps`` nodes, concat of the last ``multiplier``.
+
+    Every edge is a ``MixedOp`` (the layer-for-layer reference). Arguments: see
+    ``SearchCellBase``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        dtype = self.dtype_policy
+        self.edges = []
+        for node in range(self.steps):
+            for source in range(2 + node):
+                stride = 2 if self.reduction and source < 2 else 1
+                self.edges.append(
+                    MixedOp(
+                        self.channels,
+                        stride,
+                        self.primitives,
+                        dtype=dtype,
+                        name=f"edge_{source}_{node + 2}",
+                    )
+                )
 
     def build(self, s0_shape, s1_shape=None, weights_shape=None):
         # Keras matches build's arguments to call's (s0, s1, weights) by name.
@@ -303,32 +353,6 @@ class SearchCell(keras.layers.Layer):
                 edge_index += 1
             states.append(tf.add_n(terms))
         return tf.concat(states[-self.multiplier :], axis=-1)
-
-    def _forward_function(self):
-        key = (self.spec, self.dtype_policy.name)
-        if key not in _TRACED_CELLS:
-            _TRACED_CELLS[key] = tf.function(self.forward, autograph=False)
-        return _TRACED_CELLS[key]
-
-    def call(self, s0, s1, weights):
-        kernels = [k.value for k in self.kernels]
-        forward = self._forward_function() if self.trace_cells else self.forward
-        return forward(kernels, s0, s1, weights)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            c_prev_prev=self.c_prev_prev,
-            c_prev=self.c_prev,
-            channels=self.channels,
-            reduction=self.reduction,
-            reduction_prev=self.reduction_prev,
-            primitives=list(self.primitives),
-            steps=self.steps,
-            multiplier=self.multiplier,
-            trace_cells=self.trace_cells,
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="ilnas_tf")

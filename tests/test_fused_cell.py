@@ -152,7 +152,7 @@ def test_forward_is_pure_and_trace_cells_agrees():
 
 def test_encoder_fused_matches_per_edge():
     kwargs = dict(channels=2, layers=3, dtype="float64")
-    per_edge = SearchEncoder(**kwargs)
+    per_edge = SearchEncoder(**kwargs, cell_impl="per_edge")
     fused = SearchEncoder(**kwargs, cell_impl="fused")
     assert all(isinstance(cell, FusedSearchCell) for cell in fused.cells)
     assert not any(isinstance(cell, FusedSearchCell) for cell in per_edge.cells)
@@ -185,7 +185,7 @@ def test_encoder_fused_matches_per_edge():
 
 
 def test_parameter_counts_match_and_variables_are_few():
-    per_edge = SearchEncoder(channels=16, layers=8)
+    per_edge = SearchEncoder(channels=16, layers=8, cell_impl="per_edge")
     fused = SearchEncoder(channels=16, layers=8, cell_impl="fused")
     per_edge.build((2, 32, 32, 3))
     fused.build((2, 32, 32, 3))
