@@ -164,11 +164,31 @@ def depthwise_conv2d(x, kernel, stride: int = 1, pad: int = 0, dilation: int = 1
     return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding=padding)
 
 
+def _max3(x, axis: int, stride: int):
+    """Max over windows of 3 along ``axis`` (already padded), taken every ``stride``."""
+    count = (x.shape[axis] - 3) // stride + 1
+    limit = stride * (count - 1) + 1
+
+    def window(start):
+        index = [slice(None)] * 4
+        index[axis] = slice(start, start + limit, stride)
+        return x[tuple(index)]
+
+    return tf.maximum(tf.maximum(window(0), window(1)), window(2))
+
+
 def max_pool_3x3(x, stride: int):
-    if stride == 1:
-        return tf.nn.max_pool2d(x, 3, 1, "SAME")
+    """3x3 max pooling with padding 1 (padding never wins), as two separable window maxima.
+
+    Not ``tf.nn.max_pool2d``: on CPU (TF 2.21) the second derivative of ``MaxPool``
+    (``MaxPoolGradGrad``) is nondeterministic inside a ``tf.function`` when the pooled tensor
+    has other consumers (a race; reproduced by ``tests/test_ops.py``'s second-order
+    determinism test), which made exact hypergradients flip between values. Elementwise
+    maxima of shifted slices give the same values, deterministic first and second
+    derivatives, and fuse well under XLA.
+    """
     x = _pad_hw(x, 1, value=float("-inf"))
-    return tf.nn.max_pool2d(x, 3, stride, "VALID")
+    return _max3(_max3(x, 1, stride), 2, stride)
 
 
 def _valid_counts(size: int, stride: int) -> np.ndarray:

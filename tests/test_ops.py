@@ -253,6 +253,54 @@ def test_max_pool_matches_torch_reference(size, stride):
     np.testing.assert_allclose(out32, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_gradients_match_tf_max_pool(stride):
+    # First and second derivatives equal those of tf.nn.max_pool2d (no ties in normal data).
+    x = tf.constant(rng_normal((2, 6, 6, 3), seed=7))
+    direction = tf.constant(rng_normal((2, 6, 6, 3), seed=9))
+
+    def reference(t):
+        return tf.nn.max_pool2d(ops._pad_hw(t, 1, float("-inf")), 3, stride, "VALID")
+
+    def derivatives(pool):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = tf.reduce_sum(pool(x * x) ** 3)
+            grad = inner.gradient(loss, x)
+            projected = tf.reduce_sum(grad * direction)
+        return grad.numpy(), outer.gradient(projected, x).numpy()
+
+    for ours, theirs in zip(
+        derivatives(lambda t: ops.max_pool_3x3(t, stride)), derivatives(reference)
+    ):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_max_pool_second_derivative_is_deterministic_in_tf_function():
+    # TF 2.21's MaxPoolGradGrad on CPU races when the pooled tensor has other consumers: this
+    # exact pattern returned two different values across 300 calls. Ours must not.
+    x = tf.constant(rng_normal((4, 8, 8, 6), seed=1))
+    weights = tf.constant(rng_normal((4, 8, 8, 6), seed=2))
+
+    @tf.function
+    def second_derivative(scale):
+        with tf.GradientTape() as outer:
+            outer.watch(scale)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = x * scale
+                loss = tf.reduce_sum(weights * (ops.max_pool_3x3(y, 1) + y**2) ** 3)
+            grad = inner.gradient(loss, x)
+            projected = tf.reduce_sum(grad * weights)
+        return outer.gradient(projected, scale)
+
+    scale = tf.constant(1.1, tf.float64)
+    values = {float(second_derivative(scale)) for _ in range(100)}
+    assert len(values) == 1, values
+
+
 @pytest.mark.parametrize("size", [5, 6])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_avg_pool_excludes_padding(size, stride):
