@@ -15,8 +15,30 @@ round's heads are used). The architecture objective is
 
 and A is updated with Adam (PyTorch-style L2 weight decay added to the gradient). Modes:
 
-* ``exact``: reverse mode through the whole chain with nested ``GradientTape``s, including the
-  dependence of W̄_{s-1} on A; ``unroll_steps`` T >= 1 virtual SGD steps per stage.
+* ``exact``: the exact hypergradient through the whole chain, including the dependence of
+  W̄_{s-1} on A; ``unroll_steps`` T >= 1 virtual SGD steps per stage. Two ways to compute it
+  (``exact_method``), equal up to round-off:
+
+  - ``'stagewise'`` (default): reverse accumulation stage by stage with recomputation. The
+    chain runs forward once with first-order tapes only, keeping each virtual step's flat
+    inputs (W, H, momentum buffers: a few vectors per step). Then v = ∂L/∂(W̄, H̄) at each
+    learner's last stage, and the stages are walked backwards: for each virtual step the
+    cotangent of the momentum-buffer update, β = v_buf - eta * v_W, is pushed through the
+    inner gradient by one mixed second derivative (∂/∂(A, W, H) <∇_{W,H} c_k L_k^tr, β>,
+    forward-over-reverse or reverse-over-reverse on that step only: ``hvp_method``), the
+    rest of the step map analytically: v_W += wd β + ∇²L β, v_buf = mu β, and W̄_{s-1}
+    receives -2 lambda β through the proximal term (plus v_W itself with ``'handover'``,
+    where W̄_{s-1} is the starting point). Memory is that of one stage's second-order tape
+    instead of the whole chain's. On one replica each learner's stage computations (training
+    gradient, validation gradient, mixed second derivative) are traced once as
+    non-inlined ``tf.function``s shared by all its stages (and by the weight step), so the
+    graph does not grow with K * M; under a distribution strategy with several replicas
+    they are inlined (collective ops in a shared function body would be traced once for
+    all replicas).
+  - ``'nested_tapes'``: nested ``GradientTape``s around the whole unrolled chain (memory: the
+    whole chain's second-order tape; graph size grows with K * M * T). Always used under a
+    distribution strategy with several replicas: ``'stagewise'`` is verified on one replica
+    only (on several it does not yet match the single-device result).
 * ``finite_difference``: the per-stage DARTS approximation (seed 000, eqs. 2-4) as in DARTS'
   HEAD: for each learner's last stage, ∇_A L^val(W̄, H̄) - eta * (∇_A L^tr(W+, H+) -
   ∇_A L^tr(W-, H-)) / 2eps with (W±, H±) = (W, H) ± eps * ∇_{W̄,H̄} L^val at the *current*
@@ -35,6 +57,7 @@ between learners) with validation weights (1, alpha) and training-loss weights (
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 import tensorflow as tf
@@ -43,6 +66,8 @@ from ilnas_tf import learner as learner_lib
 
 MODES = ("exact", "finite_difference", "first_order")
 TRANSFERS = ("proximal", "handover")
+EXACT_METHODS = ("stagewise", "nested_tapes")
+HVP_METHODS = ("forward_over_reverse", "reverse_over_reverse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +81,12 @@ class InterleavingConfig:
       proximal_strength: lambda of the proximal term lambda ||W_k - W̄_prev||^2.
       transfer: ``'proximal'`` or ``'handover'``.
       mode: ``'exact'``, ``'finite_difference'`` or ``'first_order'``.
+      exact_method: how ``mode='exact'`` computes the hypergradient: ``'stagewise'`` (stage by
+        stage with recomputation, memory of one stage) or ``'nested_tapes'`` (one nested tape
+        around the whole chain). See the module docstring.
+      hvp_method: the per-step mixed second derivative of ``'stagewise'``:
+        ``'forward_over_reverse'`` (a ``tf.autodiff.ForwardAccumulator`` around the inner
+        gradient) or ``'reverse_over_reverse'``.
       unroll_steps: virtual SGD steps per stage (``exact`` mode only).
       weights_per_stage: one weight copy per (learner, round) stage instead of per learner.
       val_loss_weights: w_k of the validation objective (default all 1).
@@ -71,6 +102,8 @@ class InterleavingConfig:
     proximal_strength: float = 0.0
     transfer: str = "proximal"
     mode: str = "exact"
+    exact_method: str = "stagewise"
+    hvp_method: str = "forward_over_reverse"
     unroll_steps: int = 1
     weights_per_stage: bool = False
     val_loss_weights: tuple | None = None
@@ -94,6 +127,10 @@ class InterleavingConfig:
                 fail(name, value, "an integer >= 1")
         if self.mode not in MODES:
             fail("mode", self.mode, f"one of {MODES}")
+        if self.exact_method not in EXACT_METHODS:
+            fail("exact_method", self.exact_method, f"one of {EXACT_METHODS}")
+        if self.hvp_method not in HVP_METHODS:
+            fail("hvp_method", self.hvp_method, f"one of {HVP_METHODS}")
         if self.transfer not in TRANSFERS:
             fail("transfer", self.transfer, f"one of {TRANSFERS}")
         if not self.proximal_strength >= 0:
@@ -158,9 +195,14 @@ class InterleavingEngine:
       arch_optimizer: optimizer for A (default: Keras Adam with the config's settings; its
         weight decay is applied PyTorch-style as L2 on the gradient). Built here, so create the
         engine inside ``strategy.scope()`` when distributing.
+      shared_stage_functions: on one replica, trace each learner's stage computations once as
+        non-inlined ``tf.function``s (learners of identical structure share them) instead of
+        inlining them per stage; used by ``exact_method='stagewise'`` and the weight step.
     """
 
-    def __init__(self, architecture, learners, config, arch_optimizer=None):
+    def __init__(
+        self, architecture, learners, config, arch_optimizer=None, shared_stage_functions=True
+    ):
         if len(learners) != config.num_learners:
             raise ValueError(
                 f"config.num_learners={config.num_learners} but {len(learners)} learners given"
@@ -187,6 +229,12 @@ class InterleavingEngine:
             epsilon=1e-8,
         )
         self.arch_optimizer.build(architecture.alphas)
+        self.shared_stage_functions = bool(shared_stage_functions)
+        self._functions = {}
+        # Learners whose stage computations are the same function of their arguments share
+        # one traced copy: index of the first learner of identical structure.
+        keys = [self._structure_key(item) for item in self.learners]
+        self._representative = [keys.index(key) for key in keys]
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -224,6 +272,143 @@ class InterleavingEngine:
         """One SGD step as the real optimizer takes it: w - lr (mu buf + g + wd w)."""
         buffer = self.config.momentum * momentum + grad + self.config.weight_decay * weights
         return weights - lr * buffer, buffer
+
+    @staticmethod
+    def _after(deps, tensors):
+        """``tensors`` behind control dependencies on ``deps`` (in graphs).
+
+        Serialises the stages: a stage's computation starts only once the previous one has
+        finished, so at most one stage's intermediate tensors are alive at a time.
+        """
+        deps = [d for d in tf.nest.flatten(deps) if d is not None]
+        if not deps or tf.executing_eagerly():
+            return tensors
+        with tf.control_dependencies(deps):
+            return tf.nest.map_structure(tf.identity, tensors)
+
+    @staticmethod
+    def _add(*terms):
+        """Sum of the terms that are not None (None: no term)."""
+        terms = [t for t in terms if t is not None]
+        return tf.add_n(terms) if len(terms) > 1 else (terms[0] if terms else None)
+
+    @staticmethod
+    def _scale(weight, tensor):
+        return tensor if weight == 1.0 or tensor is None else weight * tensor
+
+    # ------------------------------------------------------------------ stage functions
+    @staticmethod
+    def _structure_key(item):
+        def config(layer):
+            values = dict(layer.get_config())
+            values.pop("name", None)
+            return repr(sorted(values.items()))
+
+        return (
+            type(item),
+            type(item.encoder),
+            config(item.encoder),
+            type(item.head),
+            config(item.head),
+            item.image_shape,
+            item.num_encoder_weights,
+            item.num_head_weights,
+        )
+
+    def _stage_function(self, kind, k, *variant):
+        """Learner ``k``'s stage computation ``kind`` (``_<kind>_impl``).
+
+        On one replica (and with ``shared_stage_functions``) a non-inlined ``tf.function``
+        traced once per learner structure and variant: its body is built and optimised once
+        however many stages call it. Otherwise the computation is inlined.
+        """
+        if not self.shared_stage_functions or self._replicas() > 1:
+            return functools.partial(getattr(self, f"_{kind}_impl"), k, *variant)
+        key = (kind, self._representative[k]) + variant
+        if key not in self._functions:
+            impl = functools.partial(getattr(self, f"_{kind}_impl"), key[1], *variant)
+            self._functions[key] = tf.function(
+                impl, autograph=False, experimental_attributes={"_noinline": True}
+            )
+        return self._functions[key]
+
+    def _gradient_impl(self, k, encoder, head, normal, reduce, images, labels):
+        """∇_{W,H} L_k^tr (this replica's share, unweighted), the loss and the logits."""
+        with tf.GradientTape() as tape:
+            tape.watch([encoder, head])
+            loss, logits = self.learners[k].loss(encoder, head, (normal, reduce), images, labels)
+        g_encoder, g_head = tape.gradient(
+            loss, [encoder, head], unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        return tf.convert_to_tensor(g_encoder), tf.convert_to_tensor(g_head), loss, logits
+
+    def _validation_impl(self, k, encoder, head, normal, reduce, images, labels):
+        """L_k^val, logits and ∇_{W,H,mixing} L_k^val (this replica's path, unweighted)."""
+        with tf.GradientTape() as tape:
+            tape.watch([encoder, head, normal, reduce])
+            loss, logits = self.learners[k].loss(encoder, head, (normal, reduce), images, labels)
+        grads = tape.gradient(
+            loss,
+            [encoder, head, normal, reduce],
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        return (loss, logits) + tuple(tf.convert_to_tensor(g) for g in grads)
+
+    def _mixed_impl(
+        self, k, with_weights, encoder, head, normal, reduce, images, labels, dir_enc, dir_head
+    ):
+        """∂/∂(mixing[, W, H]) <∇_{W,H} L_k^tr, (dir_enc, dir_head)> (this replica's path).
+
+        The vector-Jacobian product of the inner gradient (a mixed second derivative of the
+        unweighted training loss) for one virtual step; the (W, H) parts only when
+        ``with_weights``.
+        """
+        zero = tf.UnconnectedGradients.ZERO
+        learner = self.learners[k]
+        if self.config.hvp_method == "forward_over_reverse":
+            # The Hessian of L in (mixing, W, H) is symmetric: the VJP of ∇_{W,H} L with
+            # cotangent d is the JVP of ∇_{mixing,W,H} L in direction (0, d).
+            with tf.autodiff.ForwardAccumulator([encoder, head], [dir_enc, dir_head]) as acc:
+                with tf.GradientTape() as tape:
+                    tape.watch([normal, reduce] + ([encoder, head] if with_weights else []))
+                    loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+                sources = [normal, reduce] + ([encoder, head] if with_weights else [])
+                grads = tape.gradient(loss, sources, unconnected_gradients=zero)
+                grads = [tf.convert_to_tensor(g) for g in grads]
+            parts = [acc.jvp(g, unconnected_gradients=zero) for g in grads]
+        else:
+            sources = [normal, reduce] + ([encoder, head] if with_weights else [])
+            with tf.GradientTape() as outer:
+                outer.watch(sources)
+                with tf.GradientTape() as inner:
+                    inner.watch([encoder, head])
+                    loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+                g_encoder, g_head = inner.gradient(
+                    loss, [encoder, head], unconnected_gradients=zero
+                )
+                dot = tf.reduce_sum(tf.convert_to_tensor(g_encoder) * dir_enc) + tf.reduce_sum(
+                    tf.convert_to_tensor(g_head) * dir_head
+                )
+            parts = outer.gradient(dot, sources, unconnected_gradients=zero)
+        return tuple(tf.convert_to_tensor(p) for p in parts)
+
+    def _stage_gradient(self, stage, encoder, head, previous, mixing, batch, after=()):
+        """All-reduced ∇_{W,H} of stage ``stage``'s objective, its (unweighted) loss, logits.
+
+        The objective is the weighted training loss plus lambda ||W - previous||^2 (whose
+        gradient is added analytically; no proximal term when ``previous`` is None).
+        """
+        cfg = self.config
+        _, k = cfg.stages[stage]
+        images, labels = batch
+        args = self._after(after, (encoder, head, mixing[0], mixing[1], images, labels))
+        g_encoder, g_head, loss, logits = self._stage_function("gradient", k)(*args)
+        g_encoder, g_head = self._all_reduce([g_encoder, g_head])
+        weight = cfg.train_weight(k)
+        g_encoder, g_head = self._scale(weight, g_encoder), self._scale(weight, g_head)
+        if previous is not None and cfg.proximal_strength > 0:
+            g_encoder += 2.0 * cfg.proximal_strength * (encoder - previous)
+        return g_encoder, g_head, loss, logits
 
     # ------------------------------------------------------------------ the chain
     def unrolled_chain(self, alphas, train_batches, lr, differentiable=True):
@@ -290,6 +475,12 @@ class InterleavingEngine:
                 tape.watch(alphas)
                 total, losses, accs = self.validation_objective(alphas, finals, val_batches)
             return tape.gradient(total, alphas), losses, accs
+        # Stage-wise accumulation is verified on one replica only; on several replicas it
+        # disagrees with the single-device hypergradient (found by tests/distributed_check.py,
+        # not yet understood), so distributed runs use the nested tapes, which agree to
+        # round-off.
+        if cfg.mode == "exact" and cfg.exact_method == "stagewise" and self._replicas() == 1:
+            return self._stagewise_gradient(alphas, train_batches, val_batches, lr)
         if cfg.mode == "exact":
             with tf.GradientTape() as tape:
                 tape.watch(alphas)
@@ -298,6 +489,108 @@ class InterleavingEngine:
                 total, losses, accs = self.validation_objective(alphas, finals, val_batches)
             return tape.gradient(total, alphas), losses, accs
         return self._finite_difference_gradient(alphas, train_batches, val_batches, lr)
+
+    def _stagewise_gradient(self, alphas, train_batches, val_batches, lr):
+        """Exact hypergradient by stage-wise reverse accumulation (see the module docstring)."""
+        cfg = self.config
+        num_stages = len(cfg.stages)
+        handover = cfg.transfer == "handover"
+        lam = cfg.proximal_strength
+        mixing = [tf.stop_gradient(m) for m in self._mixing(alphas)]
+        # Forward: the chain with first-order tapes, keeping every virtual step's inputs.
+        inputs, outputs, gate, previous = [], [], (), None
+        for stage in range(num_stages):
+            state = self._state(stage)
+            encoder = tf.convert_to_tensor(state.encoder_weights)
+            if handover and previous is not None:
+                encoder = previous
+            head = tf.convert_to_tensor(state.head_weights)
+            enc_buf = tf.convert_to_tensor(state.encoder_momentum)
+            head_buf = tf.convert_to_tensor(state.head_momentum)
+            steps = []
+            for _ in range(cfg.unroll_steps):
+                steps.append((encoder, head, enc_buf, head_buf))
+                g_encoder, g_head, _, _ = self._stage_gradient(
+                    stage, encoder, head, previous, mixing, train_batches[stage], gate
+                )
+                gate = (g_encoder, g_head)
+                encoder, enc_buf = self._virtual_step(encoder, enc_buf, g_encoder, lr)
+                head, head_buf = self._virtual_step(head, head_buf, g_head, lr)
+            inputs.append(steps)
+            outputs.append((encoder, head))
+            previous = encoder
+        # The validation objective at each learner's last stage: its cotangents (all-reduced:
+        # every replica carries the cotangent of the global objective) and its direct A-part.
+        cot_encoder, cot_head = [None] * num_stages, [None] * num_stages
+        cot_mixing = [tf.zeros_like(m) for m in mixing]
+        losses, accs = [], []
+        for k in range(cfg.num_learners):
+            stage = cfg.last_stage(k)
+            images, labels = val_batches[k]
+            args = self._after(gate, outputs[stage] + (mixing[0], mixing[1], images, labels))
+            loss, logits, d_encoder, d_head, d_normal, d_reduce = self._stage_function(
+                "validation", k
+            )(*args)
+            gate = (d_encoder, d_head)
+            weight = cfg.val_weight(k)
+            d_encoder, d_head = self._all_reduce([d_encoder, d_head])
+            cot_encoder[stage] = self._scale(weight, d_encoder)
+            cot_head[stage] = self._scale(weight, d_head)
+            cot_mixing = [
+                c + self._scale(weight, d) for c, d in zip(cot_mixing, (d_normal, d_reduce))
+            ]
+            losses.append(loss)
+            accs.append(learner_lib.accuracy(logits, labels))
+        # Backward, stage by stage and virtual step by virtual step, recomputing each step.
+        # Step map: buf' = mu buf + g(W, H, A, W_prev) + wd W, W' = W - eta buf' (same for H),
+        # g = c_k ∇L^tr + 2 lambda (W - W_prev). With cotangents (v_W', v_buf'), the cotangent
+        # of buf' is beta = v_buf' - eta v_W'; then v_buf = mu beta, v_W = v_W' + wd beta +
+        # (∂g/∂W)^T beta, v_A += (∂g/∂A)^T beta, v_{W_prev} += -2 lambda beta.
+        for stage in reversed(range(num_stages)):
+            v_encoder, v_head = cot_encoder[stage], cot_head[stage]
+            if v_encoder is None and v_head is None:
+                continue  # W̄_s does not reach the objective (lambda = 0, not a last stage)
+            _, k = cfg.stages[stage]
+            weight = cfg.train_weight(k)
+            proximal = stage > 0 and lam > 0
+            v_enc_buf = v_head_buf = v_previous = None
+            images, labels = train_batches[stage]
+            for step in reversed(range(cfg.unroll_steps)):
+                encoder, head, _, _ = inputs[stage][step]
+                beta_encoder = self._add(v_enc_buf, None if v_encoder is None else -lr * v_encoder)
+                beta_head = self._add(v_head_buf, None if v_head is None else -lr * v_head)
+                if beta_encoder is None:
+                    beta_encoder = tf.zeros_like(encoder)
+                if beta_head is None:
+                    beta_head = tf.zeros_like(head)
+                # The step's inputs carry A only for later virtual steps or, with handover,
+                # as the previous stage's W̄.
+                with_weights = step > 0 or (handover and stage > 0)
+                args = (encoder, head, mixing[0], mixing[1], images, labels)
+                args = self._after(gate, args + (beta_encoder, beta_head))
+                parts = self._stage_function("mixed", k, with_weights)(*args)
+                gate = parts
+                cot_mixing = [c + self._scale(weight, p) for c, p in zip(cot_mixing, parts[:2])]
+                if proximal:
+                    v_previous = self._add(v_previous, -2.0 * lam * beta_encoder)
+                if not with_weights:
+                    break
+                h_encoder, h_head = self._all_reduce(list(parts[2:]))
+                h_encoder, h_head = self._scale(weight, h_encoder), self._scale(weight, h_head)
+                if proximal:
+                    h_encoder += 2.0 * lam * beta_encoder
+                wd = cfg.weight_decay
+                v_encoder = self._add(v_encoder, wd * beta_encoder, h_encoder)
+                v_head = self._add(v_head, wd * beta_head, h_head)
+                v_enc_buf, v_head_buf = cfg.momentum * beta_encoder, cfg.momentum * beta_head
+            if stage > 0:
+                into = self._add(v_previous, v_encoder if handover else None)
+                cot_encoder[stage - 1] = self._add(cot_encoder[stage - 1], into)
+        with tf.GradientTape() as tape:
+            tape.watch(alphas)
+            again = self._mixing(alphas)
+        grads = tape.gradient(list(again), alphas, output_gradients=cot_mixing)
+        return grads, losses, accs
 
     def _finite_difference_gradient(self, alphas, train_batches, val_batches, lr):
         cfg = self.config
@@ -364,7 +657,7 @@ class InterleavingEngine:
         cfg = self.config
         alphas = [tf.stop_gradient(tf.convert_to_tensor(a)) for a in self.architecture.alphas]
         mixing = self._mixing(alphas)
-        previous, metrics = None, []
+        previous, metrics, gate = None, [], ()
         for stage in range(len(cfg.stages)):
             state = self._state(stage)
             if cfg.transfer == "handover" and previous is not None:
@@ -372,13 +665,11 @@ class InterleavingEngine:
             encoder = tf.convert_to_tensor(state.encoder_weights)
             head = tf.convert_to_tensor(state.head_weights)
             lr_t = tf.cast(lr, encoder.dtype)
-            with tf.GradientTape() as tape:
-                tape.watch([encoder, head])
-                objective, loss, logits = self._stage_objective(
-                    stage, encoder, head, previous, mixing, train_batches[stage]
-                )
-            grads = self._all_reduce(tape.gradient(objective, [encoder, head]))
-            grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip)
+            g_encoder, g_head, loss, logits = self._stage_gradient(
+                stage, encoder, head, previous, mixing, train_batches[stage], gate
+            )
+            grads, _ = tf.clip_by_global_norm([g_encoder, g_head], cfg.grad_clip)
+            gate = grads
             new_encoder, enc_buf = self._virtual_step(
                 encoder, state.encoder_momentum, grads[0], lr_t
             )

@@ -11,8 +11,21 @@ from ilnas_tf import engine, learner, search_space
 IMAGE_SHAPE = (8, 8, 3)
 
 
-def make_engine(config, classes=(3, 2), channels=2, layers=3, seed=0, dtype="float64"):
-    """Architecture + K learners (tiny supernets) + engine, deterministic in ``seed``."""
+def make_engine(
+    config,
+    classes=(3, 2),
+    channels=2,
+    layers=3,
+    seed=0,
+    dtype="float64",
+    shared_stage_functions=False,
+):
+    """Architecture + K learners (tiny supernets) + engine, deterministic in ``seed``.
+
+    The tests call the engine eagerly; ``shared_stage_functions`` (off by default here) would
+    trace each stage computation as a ``tf.function`` first, which costs more than it saves on
+    tiny supernets run for one step.
+    """
     keras.utils.set_random_seed(seed)
     arch = search_space.Architecture(init_scale=0.5, dtype=dtype)
     num_states = config.rounds if config.weights_per_stage else 1
@@ -26,7 +39,9 @@ def make_engine(config, classes=(3, 2), channels=2, layers=3, seed=0, dtype="flo
         )
         for k in range(config.num_learners)
     ]
-    return engine.InterleavingEngine(arch, learners, config)
+    return engine.InterleavingEngine(
+        arch, learners, config, shared_stage_functions=shared_stage_functions
+    )
 
 
 def make_batches(eng, batch=2, seed=1, dtype=np.float64):

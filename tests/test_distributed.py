@@ -1,8 +1,10 @@
 """MirroredStrategy on 2 logical CPU devices computes the single-device search step.
 
 Runs ``tests/distributed_check.py`` in a subprocess (logical devices must be configured before
-TensorFlow initialises): 3 iterations on one device with global batches of 4, and 3 under
-MirroredStrategy with 2 examples per replica; alphas and every learner's weights must match.
+TensorFlow initialises): 3 iterations on one device with global batches of 8 (16x16
+images), and 3 under MirroredStrategy with 4 examples per replica, in first-order and exact
+mode (K=2, M=2 first order in float32; K=2, M=1 exact in float64); alphas and every learner's
+weights must match.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _run(tmp_path, mode, learners, rounds):
+def _run(tmp_path, mode, learners, rounds, dtype="float32"):
     out = tmp_path / "result.npz"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
@@ -30,6 +31,7 @@ def _run(tmp_path, mode, learners, rounds):
             str(learners),
             str(rounds),
             "fused",
+            dtype,
         ],
         capture_output=True,
         text=True,
@@ -55,10 +57,12 @@ def test_first_order_interleaving_matches_single_device(tmp_path):
     _assert_match(_run(tmp_path, "first_order", learners=2, rounds=2), atol=1e-4, alpha_atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 3): under MirroredStrategy the exact hypergradient differs from the "
-    "single-device one by ~10%; first-order steps match",
-)
 def test_exact_interleaving_matches_single_device(tmp_path):
-    _assert_match(_run(tmp_path, "exact", learners=2, rounds=1), atol=1e-4, alpha_atol=1e-6)
+    # Float64: the exact hypergradient of this tiny random-data problem is ill-conditioned
+    # (float32 round-off moves it by ~0.4%, in a single-device run as much as in a distributed
+    # one), and Adam's first steps are ~lr * sign(g), which turns round-off in near-zero
+    # entries into differences of 2 * lr. In float64 both runs agree to round-off.
+    # K=2, M=1 (learner 2 pulled toward learner 1's W̄): the chain across learners at a third
+    # of the K=2, M=2 cost.
+    values = _run(tmp_path, "exact", learners=2, rounds=1, dtype="float64")
+    _assert_match(values, atol=1e-9, alpha_atol=1e-9)

@@ -121,6 +121,7 @@ def test_mtl_configuration_is_the_sum_of_independent_darts_problems():
             mtl.architecture,
             [mtl.learners[k]],
             engine.InterleavingConfig(val_loss_weights=(weights[k],), mode="exact"),
+            shared_stage_functions=False,
         )
         part, _, _ = single.arch_gradient([train[k]], [val[k]], 0.01)
         expected = [e + p for e, p in zip(expected, part)]
@@ -313,3 +314,34 @@ def test_k1_m1_engine_reproduces_darts_second_order():
     # Same float64 roundoff bound as the weight-step test (~1e-10 absolute).
     np.testing.assert_allclose(got, flat, rtol=1e-7, atol=1e-9)
     assert not np.allclose(reference_arch.alpha_normal.numpy(), 0.0)
+
+
+@pytest.mark.parametrize("transfer", ["proximal", "handover"])
+def test_stagewise_exact_method_equals_nested_tapes(transfer):
+    """Stage-wise reverse accumulation (both HVP methods) equals one nested tape around the
+    whole chain, through T=2 virtual steps per stage and both transfer modes (K=2, M=1: the
+    second stage starts from, or is pulled toward, the first stage's W̄)."""
+    grads = {}
+    for method, hvp, shared in [
+        ("nested_tapes", "forward_over_reverse", False),
+        ("stagewise", "forward_over_reverse", True),  # as traced functions (the default)
+        ("stagewise", "reverse_over_reverse", False),
+    ]:
+        config = engine.InterleavingConfig(
+            num_learners=2,
+            rounds=1,
+            proximal_strength=0.7,
+            transfer=transfer,
+            unroll_steps=2,
+            exact_method=method,
+            hvp_method=hvp,
+        )
+        eng = make_engine(config, shared_stage_functions=shared)
+        _randomise_momentum(eng)
+        train, val = make_batches(eng, batch=2)
+        result, _, _ = eng.arch_gradient(train, val, 0.01)
+        grads[method, hvp] = np.concatenate([g.numpy().ravel() for g in result])
+    reference = grads["nested_tapes", "forward_over_reverse"]
+    assert np.linalg.norm(reference) > 0
+    for key, value in grads.items():
+        np.testing.assert_allclose(value, reference, rtol=1e-9, atol=1e-12, err_msg=str(key))
