@@ -352,11 +352,14 @@ def _load_in_memory(builder, split, size):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _shuffled_batches(builder, spec, split, batch_size, seed, stream, size, in_memory, buffer):
+def _shuffled_batches(
+    builder, spec, split, batch_size, seed, stream, size, in_memory, buffer, start_batch=0
+):
     """Infinite stream of shuffled ``(uint8 images, int32 labels)`` batches and the split size.
 
     In memory: batch ``t`` holds positions ``t * B .. t * B + B - 1`` of the endless sequence of
     epochs; position ``p`` is example ``index_shuffle(p % n, seed=(seed, stream, p // n))``.
+    The stream starts at batch ``start_batch`` (a resumed run continues where it stopped).
     """
 
     def check_size(num_examples):
@@ -387,7 +390,8 @@ def _shuffled_batches(builder, spec, split, batch_size, seed, stream, size, in_m
             )
             return tf.gather(images, indices), tf.gather(labels, indices)
 
-        dataset = tf.data.Dataset.counter().batch(batch_size, drop_remainder=True)
+        dataset = tf.data.Dataset.counter(start=start_batch * batch_size)
+        dataset = dataset.batch(batch_size, drop_remainder=True)
         return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE), num_examples
     buffer = DEFAULT_SHUFFLE_BUFFER if buffer is None else _check_int(buffer, "shuffle_buffer", 1)
     stream_seed = seed * 4 + stream
@@ -399,10 +403,12 @@ def _shuffled_batches(builder, spec, split, batch_size, seed, stream, size, in_m
     )
     dataset = dataset.repeat().shuffle(buffer, seed=stream_seed)
     dataset = dataset.map(_decode_and_resize(builder, size), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=True), num_examples
+    return dataset.batch(batch_size, drop_remainder=True).skip(start_batch), num_examples
 
 
-def _transform_batches(dataset, spec, seed, stream, augment_images, padding, cutout_length):
+def _transform_batches(
+    dataset, spec, seed, stream, augment_images, padding, cutout_length, start_batch=0
+):
     """Augments (keyed on the batch number), normalises, cuts out; deterministic, prefetched."""
     seed_and_stream = tf.constant([seed, stream], tf.int64)
 
@@ -417,7 +423,9 @@ def _transform_batches(dataset, spec, seed, stream, augment_images, padding, cut
             images = cutout(images, cutout_key, cutout_length)
         return images, labels
 
-    dataset = dataset.enumerate().map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.enumerate(start=start_batch).map(
+        transform, num_parallel_calls=tf.data.AUTOTUNE
+    )
     return _deterministic(dataset.prefetch(tf.data.AUTOTUNE))
 
 
@@ -452,6 +460,7 @@ def search_datasets(
     shuffle_buffer=None,
     image_size=None,
     in_memory=None,
+    start_batch=0,
 ):
     """Search-train / search-val (and holdout) pipelines of one learner.
 
@@ -468,6 +477,9 @@ def search_datasets(
         (shorter side, then the central square) when they differ. Crop padding is
         ``image_size // 8`` (4 for 32x32).
       in_memory: hold the slices in memory (default: the spec's choice).
+      start_batch: ``(train, val)`` batch numbers (or one number for both) the infinite
+        streams start at: a resumed search continues exactly where it stopped (streamed
+        datasets skip, in-memory ones start there at no cost).
 
     Returns:
       A ``SearchData``; the test split is never read.
@@ -481,16 +493,20 @@ def search_datasets(
     in_memory = spec.in_memory if in_memory is None else bool(in_memory)
     builder = get_builder(spec, data_dir)
     train_slice, val_slice, holdout_slice = SEARCH_SPLITS[split]
+    starts = (start_batch, start_batch) if isinstance(start_batch, int) else tuple(start_batch)
+    starts = [_check_int(s, "start_batch", 0) for s in starts]
     streams = []
-    for stream, part, augment_part in (
-        (_TRAIN_STREAM, train_slice, augment),
-        (_VAL_STREAM, val_slice, augment_val),
+    for stream, part, augment_part, start in (
+        (_TRAIN_STREAM, train_slice, augment, starts[0]),
+        (_VAL_STREAM, val_slice, augment_val, starts[1]),
     ):
         batches, count = _shuffled_batches(
             builder, spec, spec.train_split + part, batch_size, seed, stream, size, in_memory,
-            shuffle_buffer,
+            shuffle_buffer, start,
         )  # fmt: skip
-        batches = _transform_batches(batches, spec, seed, stream, augment_part, size[0] // 8, 0)
+        batches = _transform_batches(
+            batches, spec, seed, stream, augment_part, size[0] // 8, 0, start
+        )
         streams.append((batches, count))
     holdout, num_holdout = None, 0
     if holdout_slice is not None:
@@ -520,12 +536,13 @@ def train_dataset(
     shuffle_buffer=None,
     image_size=None,
     in_memory=None,
+    start_batch=0,
 ):
     """Infinite augmented batches of the whole training split (training of derived networks).
 
     As DARTS' ``train.py``: pad/crop/flip, normalisation, then Cutout of ``cutout_length``
     (0: none) on the normalised images. Arguments as ``search_datasets``; ``split`` may be any
-    TFDS split of the dataset (default: its training split).
+    TFDS split of the dataset (default: its training split); ``start_batch`` is one number.
     """
     spec = get_spec(name)
     batch_size = _check_int(batch_size, "batch_size", 1)
@@ -535,11 +552,13 @@ def train_dataset(
     in_memory = spec.in_memory if in_memory is None else bool(in_memory)
     builder = get_builder(spec, data_dir)
     split = spec.train_split if split == "train" else split
+    start_batch = _check_int(start_batch, "start_batch", 0)
     batches, count = _shuffled_batches(
-        builder, spec, split, batch_size, seed, _FULL_TRAIN_STREAM, size, in_memory, shuffle_buffer
-    )
+        builder, spec, split, batch_size, seed, _FULL_TRAIN_STREAM, size, in_memory,
+        shuffle_buffer, start_batch,
+    )  # fmt: skip
     dataset = _transform_batches(
-        batches, spec, seed, _FULL_TRAIN_STREAM, augment, size[0] // 8, cutout_length
+        batches, spec, seed, _FULL_TRAIN_STREAM, augment, size[0] // 8, cutout_length, start_batch
     )
     return TrainData(dataset, spec, count, math.ceil(count / batch_size))
 

@@ -72,12 +72,24 @@ class Architecture(keras.layers.Layer):
       primitives: candidate op names (default: the DARTS ``PRIMITIVES``).
       steps: intermediate nodes per cell.
       init_scale: alphas are initialised as ``init_scale * N(0, 1)``.
+      multiplier: nodes concatenated into a cell's output, for the derived genotype (default:
+        all ``steps`` nodes, as DARTS' 4 of 4).
     """
 
-    def __init__(self, primitives=genotype_lib.PRIMITIVES, steps=STEPS, init_scale=1e-3, **kwargs):
+    def __init__(
+        self,
+        primitives=genotype_lib.PRIMITIVES,
+        steps=STEPS,
+        init_scale=1e-3,
+        multiplier=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.primitives = _check_primitives(primitives)
         self.steps = ops._check_positive_int("steps", steps)
+        self.multiplier = self.steps if multiplier is None else int(multiplier)
+        if not 1 <= self.multiplier <= self.steps:
+            raise ValueError(f"multiplier must be in [1, steps={self.steps}], got {multiplier!r}")
         if not init_scale >= 0:
             raise ValueError(f"init_scale must be >= 0, got {init_scale!r}")
         self.init_scale = float(init_scale)
@@ -116,6 +128,7 @@ class Architecture(keras.layers.Layer):
             np.asarray(self.alpha_reduce.numpy()),
             primitives=self.primitives,
             steps=self.steps,
+            multiplier=self.multiplier,
             edge_weight_normal=normal_edges,
             edge_weight_reduce=reduce_edges,
         )
@@ -126,7 +139,10 @@ class Architecture(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            primitives=list(self.primitives), steps=self.steps, init_scale=self.init_scale
+            primitives=list(self.primitives),
+            steps=self.steps,
+            init_scale=self.init_scale,
+            multiplier=self.multiplier,
         )
         return config
 

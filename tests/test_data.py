@@ -1,21 +1,18 @@
 """Tests for ilnas_tf.data: search/train/eval pipelines on the synthetic dataset and fake CIFAR."""
 
-import importlib.resources
 import os
-import shutil
-from unittest import mock
 
+import data_fixtures
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import dataset_builder
 
 from ilnas_tf import data, synthetic_data
 
 FINE = "ilnas_synthetic/fine"
 COARSE = "ilnas_synthetic/coarse"
-FAKE_CIFAR_TRAIN, FAKE_CIFAR_TEST = 200, 50
+FAKE_CIFAR_TRAIN, FAKE_CIFAR_TEST = data_fixtures.FAKE_CIFAR_TRAIN, data_fixtures.FAKE_CIFAR_TEST
 
 
 @pytest.fixture(scope="module")
@@ -25,45 +22,12 @@ def synthetic_dir(tmp_path_factory):
     return data_dir
 
 
-def _write_fake_cifar(root, name):
-    """Writes CIFAR binary files (random images) laid out as the real archives."""
-    rng = np.random.default_rng(0)
-    if name == "cifar10":
-        folder, label_bytes, classes = root / "cifar-10-batches-bin", 1, [10]
-        files = {f"data_batch_{i}.bin": FAKE_CIFAR_TRAIN // 5 for i in range(1, 6)}
-        files["test_batch.bin"] = FAKE_CIFAR_TEST
-        label_files = {"batches.meta.txt": 10}
-    else:
-        folder, label_bytes, classes = root / "cifar-100-binary", 2, [20, 100]
-        files = {"train.bin": FAKE_CIFAR_TRAIN, "test.bin": FAKE_CIFAR_TEST}
-        label_files = {"coarse_label_names.txt": 20, "fine_label_names.txt": 100}
-    folder.mkdir(parents=True)
-    for file_name, count in files.items():
-        labels = np.stack([rng.integers(0, c, count) for c in classes], 1).astype(np.uint8)
-        pixels = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
-        (folder / file_name).write_bytes(np.concatenate([labels, pixels], 1).tobytes())
-    assert label_bytes == len(classes)
-    for file_name, count in label_files.items():
-        (folder / file_name).write_text("\n".join(f"class_{i}" for i in range(count)))
-
-
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
     """cifar10 and cifar100 prepared by their real TFDS builders from fake archives."""
-    data_dir = tmp_path_factory.mktemp("cifar")
-    for name in ("cifar10", "cifar100"):
-        source = tmp_path_factory.mktemp(f"{name}_source")
-        _write_fake_cifar(source, name)
-        # TFDS 4.9.10 imports ``importlib_resources`` (not installed on Python >= 3.9) when
-        # preparing a dataset; the standard library module has the same ``abc.Traversable``.
-        with (
-            mock.patch.object(dataset_builder, "importlib_resources", importlib.resources),
-            mock.patch.object(
-                tfds.download.DownloadManager, "download_and_extract", return_value=str(source)
-            ),
-        ):
-            tfds.builder(name, data_dir=data_dir).download_and_prepare()
-    return data_dir
+    return data_fixtures.prepare_fake_cifar(
+        tmp_path_factory.mktemp("cifar"), tmp_path_factory.mktemp("sources")
+    )
 
 
 def _take(dataset, count):
@@ -202,6 +166,28 @@ def test_iterator_checkpoint_restores_the_stream(synthetic_dir, tmp_path, in_mem
         np.testing.assert_array_equal(a[1], c[1])
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_start_batch_continues_the_stream(synthetic_dir, in_memory):
+    def search(start):
+        return data.search_datasets(
+            COARSE, 16, data_dir=synthetic_dir, seed=2, in_memory=in_memory, shuffle_buffer=300,
+            start_batch=start,
+        )  # fmt: skip
+
+    full = search(0)
+    resumed = search((5, 2))
+    for whole, tail in ((full.train, resumed.train), (full.val, resumed.val)):
+        skip = 5 if whole is full.train else 2
+        for a, b in zip(_take(whole, skip + 3)[skip:], _take(tail, 3)):
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+    trained = data.train_dataset(COARSE, 16, data_dir=synthetic_dir, cutout_length=8)
+    later = data.train_dataset(COARSE, 16, data_dir=synthetic_dir, cutout_length=8, start_batch=4)
+    np.testing.assert_array_equal(_take(trained.dataset, 5)[4][0], _take(later.dataset, 1)[0][0])
+    with pytest.raises(ValueError, match="start_batch"):
+        data.search_datasets(COARSE, 16, data_dir=synthetic_dir, start_batch=-1)
+
+
 def test_train_dataset_with_cutout(synthetic_dir):
     train = data.train_dataset(
         COARSE, 96, data_dir=synthetic_dir, augment=False, cutout_length=8, seed=1
@@ -298,15 +284,7 @@ def test_cifar_through_the_same_pipelines(cifar_dir, name):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_under_tfds_mock_data(cifar_dir, tmp_path, name):
     """``tfds.testing.mock_data`` works with ``MockPolicy.USE_FILES`` and the metadata files."""
-    (version_dir,) = (cifar_dir / name).iterdir()
-    metadata = tmp_path / name / version_dir.name
-    metadata.mkdir(parents=True)
-    for path in version_dir.iterdir():
-        if path.suffix in (".json", ".txt"):  # no record files
-            shutil.copy(path, metadata)
-    with tfds.testing.mock_data(
-        num_examples=64, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=os.fspath(tmp_path)
-    ):
+    with data_fixtures.mock_cifar(cifar_dir, tmp_path, num_examples=64, names=(name,)):
         search = data.search_datasets(name, 16, data_dir=tmp_path)
         images, labels = next(iter(search.val))
         test_batch = next(iter(data.eval_dataset(name, 16, data_dir=tmp_path)))

@@ -1,77 +1,245 @@
-"""The search command: every shipped gin file loads and builds with tiny bindings."""
+"""The search command end to end: gin files, outputs, TensorBoard, resume, errors, NaN.
+
+Most runs go through the real command line (``python -m ilnas_tf.search``) in a subprocess on
+tiny supernets (``gin/smoke.gin``); the data are the embedded synthetic dataset and fake CIFAR
+prepared by the real TFDS builders (``data_fixtures``) in a temporary TFDS data dir.
+Distributed runs (mirrored, multi-worker) are in ``test_search_distributed.py``.
+"""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import signal
 import subprocess
-import sys
+import time
 
+import data_fixtures
+import numpy as np
 import pytest
+import tensorflow as tf
+from search_fixtures import (
+    DEMO,
+    ENV,
+    ROOT,
+    command,
+    completed_run,
+    final_variables,
+    run,
+    run_in_process,
+)
 
-import gin
-from ilnas_tf import search
+from ilnas_tf import genotype as genotype_lib
+from ilnas_tf import summaries, synthetic_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_FILES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "gin", "*.gin")))
-TINY = ["run_search.channels = 2", "run_search.layers = 3", "run_search.batch_size = 2"]
+# The resumable reference run: 2 epochs of 3 steps, a checkpoint after every step; first order
+# (compiles in seconds; the exact mode's command-line run is the il_darts test's).
+RESUMABLE = [
+    "run_search.mode = 'first_order'",
+    "run_search.deterministic = True",
+    "run_search.epochs = 2",
+    "run_search.steps_per_epoch = 3",
+    "run_search.checkpoint_every_steps = 1",
+]
 
 
-def test_gin_files_exist():
-    assert {"gin/base_search.gin", "gin/demo.gin", "gin/il_darts.gin"} <= set(GIN_FILES)
+@pytest.fixture(scope="module")
+def demo_run(data_dir, tmp_path_factory):
+    """The demo (tiny) through the command line, uninterrupted; returns (root_dir, result)."""
+    return completed_run(tmp_path_factory.mktemp("demo"), data_dir, RESUMABLE)
+
+
+def test_shipped_gin_files():
+    expected = {"base_search", "darts_1st", "darts_2nd", "il_darts", "mtl_darts", "demo", "smoke"}
+    assert {f"gin/{name}.gin" for name in expected} <= set(GIN_FILES)
 
 
 @pytest.mark.parametrize("gin_file", GIN_FILES)
-def test_every_gin_file_builds_with_tiny_bindings(gin_file, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    gin.clear_config()
+def test_every_gin_file_builds_the_run(gin_file, data_dir, tmp_path):
+    bindings = [f"run_search.data_dir = '{data_dir}'", "run_search.max_steps = 0"]
+    results = run_in_process([gin_file, "gin/smoke.gin"], bindings, tmp_path)
+    assert results["steps"] == 0
+    accuracies = results["search_val_accuracy"]
+    assert accuracies and all(0.0 <= a <= 1.0 for a in accuracies.values())
+    genotype = genotype_lib.Genotype.from_json((tmp_path / "genotype.json").read_text())
+    assert len(genotype.normal) == 2 * 2  # smoke.gin: 2 nodes, 2 inputs each
+    assert "run_search.channels = 2" in (tmp_path / "operative_config.gin").read_text()
+
+
+def test_il_darts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
+    with data_fixtures.mock_cifar(data_dir, tmp_path / "mock", num_examples=64) as mock_dir:
+        results = run_in_process(
+            ["gin/il_darts.gin", "gin/smoke.gin"],
+            [f"run_search.data_dir = '{mock_dir}'"],
+            tmp_path / "run",
+        )
+    assert results["steps"] == 4  # smoke.gin: 2 epochs x 2 steps
+    assert set(results["search_val_accuracy"]) == {"cifar100_0", "cifar10_1"}
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "ckpt-4.index")
+    assert sorted(os.listdir(tmp_path / "run" / "genotypes")) == [
+        "epoch_0001.dot",
+        "epoch_0001.json",
+        "epoch_0002.dot",
+        "epoch_0002.json",
+    ]
+
+
+def test_demo_command_prints_progress_and_writes_the_outputs(demo_run):
+    root_dir, result = demo_run
+    out = result.stdout
+    assert f"root_dir: {root_dir}" in out
+    assert "K=2 learners (ilnas_synthetic/fine, ilnas_synthetic/coarse), M=2 rounds" in out
+    assert "epoch 1/2 step 3/6 | ilnas_synthetic_fine_0: train loss" in out and "ETA" in out
+    assert "epoch 2/2 step 6/6" in out
+    assert f"TensorBoard: tensorboard --logdir {root_dir}/summaries" in out
+    results = json.loads((root_dir / "results.json").read_text())
+    assert results["steps"] == 6 and results["resumed_from_step"] == 0
+    final = (root_dir / "genotype.json").read_text()
+    assert (root_dir / "genotypes" / "epoch_0002.json").read_text() == final
+    assert results["genotype"] == genotype_lib.Genotype.from_json(final).to_string()
+    assert f"final genotype: {results['genotype']}" in out
+    dot = (root_dir / "genotype.dot").read_text()
+    assert dot.count("digraph") == 2 and dot.count("->") >= 2 * 2 * 2
+    assert (
+        "run_search.datasets = ('ilnas_synthetic/fine', 'ilnas_synthetic/coarse')"
+        in (root_dir / "operative_config.gin").read_text()
+    )
+
+
+def test_tensorboard_event_files_hold_curves_heatmaps_and_genotype(demo_run):
+    root_dir, _ = demo_run
+    events = summaries.read_events(os.fspath(root_dir / "summaries"))
+    for name in ("ilnas_synthetic_fine_0", "ilnas_synthetic_coarse_1"):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            steps = [step for step, _ in events[f"learner/{name}/{key}"]]
+            assert steps == list(range(1, 7)), (name, key, steps)  # smoke: every step
+            assert all(np.isfinite(v) for _, v in events[f"learner/{name}/{key}"])
+    for tag in ("learning_rate", "proximal_strength", "hypergradient_norm", "steps_per_second"):
+        assert len(events[f"search/{tag}"]) == 6, tag
+    assert events["search/proximal_strength"][0][1] == 1.0  # demo.gin: lambda = 1
+    rates = [v for _, v in events["search/learning_rate"]]
+    assert rates[0] == rates[2] > rates[3] == rates[5]  # cosine schedule, one rate per epoch
+    for cell in ("normal", "reduce"):
+        heatmaps = events[f"alphas/{cell}_heatmap"]
+        assert [step for step, _ in heatmaps] == [3, 6]
+        image = heatmaps[-1][1]
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+        assert image.min() < image.max()  # not blank
+        entropy = [v for _, v in events[f"alphas/{cell}_entropy"]]
+        assert all(0.0 < v <= np.log(8) + 1e-6 for v in entropy)
+    texts = [text for _, text in events["search/genotype"]]
+    final = genotype_lib.Genotype.from_json((root_dir / "genotype.json").read_text())
+    assert texts[-1] == final.to_string()
+
+
+def _wait_for_checkpoint(process, root_dir, number, timeout=480):
+    index = root_dir / "checkpoints" / f"ckpt-{number}.index"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            return False
+        if index.exists() and (root_dir / "checkpoints" / "checkpoint").exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killed_run_resumes_to_the_same_alphas_and_genotype(demo_run, data_dir, tmp_path):
+    reference_dir, _ = demo_run
+    cmd = command(tmp_path, data_dir, *DEMO, bindings=RESUMABLE)
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
-        gin.parse_config_files_and_bindings([gin_file], TINY)
-        report = search.run_search(root_dir=str(tmp_path))
+        reached = _wait_for_checkpoint(process, tmp_path, 2)
     finally:
-        gin.clear_config()
-    assert report["architecture_parameters"] == 2 * 14 * 8
-    assert report["learners"], report
-    for learner in report["learners"]:
-        assert learner["logits_shape"] == (2, learner["classes"])
-        assert learner["encoder_parameters"] > 0
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert reached, "the run ended before its second checkpoint"
+    assert not (tmp_path / "results.json").exists()
+    killed_at = int(tf.train.latest_checkpoint(tmp_path / "checkpoints").rsplit("-", 1)[1])
+    assert 2 <= killed_at < 6
+    result = run(cmd)  # the same command resumes
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["resumed_from_step"] == killed_at and results["steps"] == 6
+    assert (tmp_path / "genotype.json").read_text() == (reference_dir / "genotype.json").read_text()
+    resumed, reference = final_variables(tmp_path), final_variables(reference_dir)
+    assert resumed.keys() == reference.keys()
+    alphas = [name for name in reference if name.startswith("architecture/")]
+    assert len(alphas) == 2, list(reference)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
 
 
-def test_command_line_runs_the_demo(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ilnas_tf.search",
-            "--gin_file=gin/demo.gin",
-            f"--root_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"root_dir: {tmp_path}" in result.stdout
-    assert "initial genotype: Genotype(normal=[" in result.stdout
-
-
-def test_unknown_gin_binding_fails_with_a_clear_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ilnas_tf.search",
-            "--gin_bindings=run_search.nonsense = 3",
-            f"--root_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    bindings = [
+        # Validation at the current weights and one round: the losses of iteration 1 are taken
+        # before any weight moves, so iteration 1 is finite and iteration 2 is not.
+        "run_search.mode = 'first_order'",
+        "run_search.rounds = 1",
+        "run_search.learning_rate = 1e30",
+        "run_search.learning_rate_min = 1e30",
+        "run_search.checkpoint_every_steps = 1",
+    ]
+    result = run(command(tmp_path, data_dir, *DEMO, bindings=bindings))
     assert result.returncode != 0
-    assert "bad gin configuration" in result.stderr and "nonsense" in result.stderr
+    assert "ilnas_tf.search: error: train_loss became" in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    latest = tf.train.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest is not None and f"Last good checkpoint: {latest}" in result.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def _empty_synthetic(tmp_path):
+    path = tmp_path / "empty"
+    # TFDS refuses to write an empty split: one training example leaves a search half empty.
+    synthetic_data.prepare(path, configs=("fine", "coarse"), train_size=1, test_size=1)
+    return path
+
+
+BAD_INPUTS = {
+    "unknown_binding": (
+        lambda tmp_path, data_dir: command(
+            tmp_path, data_dir, bindings=["run_search.nonsense = 3"]
+        ),
+        ["bad gin configuration", "nonsense"],
+    ),
+    "missing_dataset": (
+        lambda tmp_path, data_dir: command(
+            tmp_path,
+            tmp_path / "no_data",
+            "--gin_file=gin/darts_1st.gin",
+            "--gin_file=gin/smoke.gin",
+        ),
+        ["dataset 'cifar10' is not prepared", "no_data", "download_and_prepare()"],
+    ),
+    "mismatched_image_shapes": (
+        lambda tmp_path, data_dir: command(
+            tmp_path, data_dir, bindings=["run_search.datasets = ('cifar10', 'imagenet2012')"]
+        ),
+        ["learners must share one image shape", "(224, 224, 3)", "(32, 32, 3)"],
+    ),
+    "unwritable_root_dir": (
+        lambda tmp_path, data_dir: command(tmp_path / "a_file" / "run", data_dir, *DEMO),
+        ["is not a writable directory", "a_file"],
+    ),
+    "empty_dataset": (
+        lambda tmp_path, data_dir: command(tmp_path / "run", _empty_synthetic(tmp_path), *DEMO),
+        ["'ilnas_synthetic/fine'", "examples, fewer than one batch of 4"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_clear_message_and_a_non_zero_exit(case, data_dir, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    make_command, needles = BAD_INPUTS[case]
+    result = run(make_command(tmp_path, data_dir), timeout=300)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("ilnas_tf.search:")]
+    for needle in needles:
+        assert needle in line, (needle, line)
