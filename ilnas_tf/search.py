@@ -251,13 +251,12 @@ def run_search(
         max_to_keep=max_to_keep,
         max_steps=max_steps,
     )
-    if loop.chief:
-        with open(os.path.join(root_dir, "operative_config.gin"), "w") as handle:
-            handle.write(gin.config_str())
+    config_path = os.path.join(root_dir, "operative_config.gin")
+    if loop.chief:  # the bound configuration now, the operative one once the run has used it
+        search_loop.write_atomically(config_path, gin.config_str())
     results = loop.run()
     if loop.chief:
-        with open(os.path.join(root_dir, "operative_config.gin"), "w") as handle:
-            handle.write(gin.operative_config_str())
+        search_loop.write_atomically(config_path, gin.operative_config_str())
     print(f"final genotype: {results['genotype']}")
     for name, accuracy in results["search_val_accuracy"].items():
         print(f"learner {name}: search-val accuracy {accuracy:.3f}")

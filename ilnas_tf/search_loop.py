@@ -77,7 +77,8 @@ def cosine_learning_rate(epoch, epochs, base, minimum):
     return minimum + (base - minimum) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
-def _write_atomically(path, text):
+def write_atomically(path, text):
+    """Writes ``text`` to ``path`` so that the file is complete or absent (rename)."""
     temporary = f"{path}.tmp"
     with open(temporary, "w") as handle:
         handle.write(text)
@@ -244,13 +245,14 @@ class SearchLoop:
     def _write_genotype(self, stem):
         genotype = self.engine.architecture.genotype()
         if self.chief:
-            _write_atomically(f"{stem}.json", genotype.to_json())
+            write_atomically(f"{stem}.json", genotype.to_json())
             dot = genotype_lib.to_dot(genotype, "normal") + genotype_lib.to_dot(genotype, "reduce")
-            _write_atomically(f"{stem}.dot", dot)
+            write_atomically(f"{stem}.dot", dot)
         return genotype
 
-    def _scalar_summaries(self, step, learning_rate, averages, steps_per_second):
+    def _scalar_summaries(self, step, learning_rate, averages, steps_per_second, norm):
         with self.writer.as_default(step=step):
+            tf.summary.scalar("search/hypergradient_norm", norm)
             for name, values in averages.items():
                 for key, value in values.items():
                     tf.summary.scalar(f"learner/{name}/{key}", value)
@@ -292,10 +294,9 @@ class SearchLoop:
             if step % self.summary_every_steps == 0 or step == self.total_steps:
                 elapsed = time.time() - window_start
                 mean = _mean_metrics(window)
-                self._scalar_summaries(step, learning_rate, mean, len(window) / max(elapsed, 1e-9))
-                with self.writer.as_default(step=step):
-                    norm = float(metrics["hypergradient_norm"])
-                    tf.summary.scalar("search/hypergradient_norm", norm)
+                steps_per_second = len(window) / max(elapsed, 1e-9)
+                norm = float(metrics["hypergradient_norm"])
+                self._scalar_summaries(step, learning_rate, mean, steps_per_second, norm)
                 window, window_start = [], time.time()
             end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
             if end_of_epoch:
@@ -347,7 +348,7 @@ class SearchLoop:
                 for name, accuracy in zip(self.learner_names, accuracies):
                     tf.summary.scalar(f"learner/{name}/final_search_val_accuracy", accuracy)
             self.writer.flush()
-            _write_atomically(
+            write_atomically(
                 os.path.join(self.root_dir, "results.json"), json.dumps(results, indent=2)
             )
         return results
