@@ -2,7 +2,8 @@
 
 Modules (quark0/darts split): ``ops`` (candidate operations) -> ``search_space`` (supernet:
 architecture parameters, mixed ops, search cells, encoder, heads) -> ``genotype`` (discrete
-architectures) -> ``network`` (evaluation networks) -> ``search`` (command line).
+architectures) -> ``network`` (evaluation networks) -> ``engine`` (hypergradient) ->
+``search`` / ``train`` (command lines) -> ``export`` (SavedModel and ``.keras``).
 """
 
 __version__ = "0.1.0"

@@ -16,35 +16,13 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, logging
 
 import gin
+from ilnas_tf import cli
 
-FLAGS = flags.FLAGS
 EVAL_BATCH_SIZE = 250  # the final search-val evaluation (forward passes only)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_GIN = os.path.join(REPO_ROOT, "gin", "demo.gin")
-flags.DEFINE_multi_string("gin_file", [], "Gin config files (applied in order; default: demo).")
-flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. 'run_search.epochs=2'.")
-flags.DEFINE_string("root_dir", os.path.join(os.getcwd(), "runs", "search"), "Output directory.")
-flags.DEFINE_enum(
-    "strategy",
-    None,
-    ["default", "mirrored", "multi_worker"],
-    "Distribution strategy (overrides run_search.strategy): one device, all local GPUs, or "
-    "MultiWorkerMirroredStrategy from TF_CONFIG.",
-)
-
-
-def _check_root_dir(root_dir):
-    try:
-        os.makedirs(root_dir, exist_ok=True)
-        probe = os.path.join(root_dir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"root_dir {root_dir!r} is not a writable directory: {error}") from None
+DEMO_GIN = os.path.join(cli.REPO_ROOT, "gin", "demo.gin")
 
 
 @gin.configurable
@@ -121,7 +99,7 @@ def run_search(
     distribution = search_loop.make_strategy(strategy)
     if not datasets:
         raise ValueError(f"datasets must name at least one learner's dataset, got {datasets!r}")
-    _check_root_dir(root_dir)
+    cli.check_root_dir(root_dir)
     print(f"root_dir: {root_dir}", flush=True)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -270,30 +248,14 @@ def run_search(
 
 def main(argv):
     del argv
-    import tensorflow_datasets as tfds
-
     from ilnas_tf import data, search_loop
 
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep TFDS' INFO lines out of the console
-    tfds.disable_progress_bar()
-
-    gin.add_config_file_search_path(REPO_ROOT)  # "include 'gin/...'" from any directory
+    root_dir, overrides = cli.setup("search", [DEMO_GIN])
     try:
-        gin.parse_config_files_and_bindings(FLAGS.gin_file or [DEMO_GIN], FLAGS.gin_bindings)
-    except (ValueError, OSError, ImportError) as error:  # unknown binding, bad value, missing file
-        sys.exit(f"ilnas_tf.search: bad gin configuration: {error}")
-    try:
-        overrides = {"strategy": FLAGS.strategy} if FLAGS.strategy else {}
-        run_search(root_dir=FLAGS.root_dir, **overrides)
+        run_search(root_dir=root_dir, **overrides)
     except (ValueError, data.DatasetUnavailableError, search_loop.NonFiniteLossError) as error:
         sys.exit(f"ilnas_tf.search: error: {error}")
-    # Every output is written and closed. Skip the interpreter's teardown: with several
-    # replicas, TF 2.21 can stall for minutes destroying the distributed input iterators.
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    cli.exit_after_success()
 
 
 if __name__ == "__main__":

@@ -85,7 +85,68 @@ def write_atomically(path, text):
     os.replace(temporary, path)
 
 
-class SearchLoop:
+class RunLoop:
+    """Shared outputs of the search and training loops: checkpoints, summaries, input.
+
+    Subclasses set ``root_dir``, ``strategy``, ``chief``, ``step`` (an int64 variable) and
+    ``checkpoint``, then call ``_setup_outputs``.
+    """
+
+    def _setup_outputs(self, max_to_keep):
+        # Every worker saves (a save may run collectives) but only the chief's copy is kept;
+        # every worker resumes from the chief's checkpoints (root_dir is shared storage on a
+        # cluster).
+        self.checkpoint_dir = os.path.join(self.root_dir, "checkpoints")
+        save_dir = self.checkpoint_dir
+        if not self.chief:
+            task_id = self.strategy.extended._cluster_resolver.task_id
+            save_dir = os.path.join(self.root_dir, f".worker_{task_id}_checkpoints")
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, save_dir, max_to_keep=max_to_keep
+        )
+        if self.chief:
+            self.writer = tf.summary.create_file_writer(os.path.join(self.root_dir, "summaries"))
+        else:
+            self.writer = tf.summary.create_noop_writer()
+        self._iterators = []
+
+    def _distribute(self, dataset):
+        """An iterator over this worker's share of each global batch of ``dataset``.
+
+        Sharding by data (not by file) after rebatching: the replicas of all workers together
+        see exactly the global batches a single device would.
+        """
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        dataset = dataset.with_options(options)
+        # Without GPUs nothing is gained by prefetching onto the (logical CPU) devices.
+        input_options = tf.distribute.InputOptions(
+            experimental_fetch_to_device=bool(tf.config.list_logical_devices("GPU"))
+        )
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset, input_options))
+        # Kept as long as the loop: deleting a distributed iterator over an infinite,
+        # prefetching stream stalls for minutes in TF 2.21 (several replicas).
+        self._iterators.append(iterator)
+        return iterator
+
+    def restore(self):
+        """Restores the latest checkpoint, if any; returns the step it resumes at."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
+        return int(self.step.numpy())
+
+    def _save(self):
+        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+        return path
+
+
+class SearchLoop(RunLoop):
     """Runs the search epoch by epoch and owns everything but the step math.
 
     Args:
@@ -151,23 +212,10 @@ class SearchLoop:
             arch_optimizer=engine.arch_optimizer,
             **states,
         )
-        # Every worker saves (a save may run collectives) but only the chief's copy is kept; every
-        # worker resumes from the chief's checkpoints (root_dir is shared storage on a cluster).
-        self.checkpoint_dir = os.path.join(root_dir, "checkpoints")
-        save_dir = self.checkpoint_dir
-        if not self.chief:
-            task_id = strategy.extended._cluster_resolver.task_id
-            save_dir = os.path.join(root_dir, f".worker_{task_id}_checkpoints")
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, save_dir, max_to_keep=max_to_keep
-        )
+        self._setup_outputs(max_to_keep)
         if self.chief:
             os.makedirs(os.path.join(root_dir, "genotypes"), exist_ok=True)
-            self.writer = tf.summary.create_file_writer(os.path.join(root_dir, "summaries"))
-        else:
-            self.writer = tf.summary.create_noop_writer()
         self._step_fn = tf.function(self._replicated_step)
-        self._iterators = []
 
     # ------------------------------------------------------------------ pieces
     def _replicated_step(self, train_batches, val_batches, learning_rate):
@@ -182,35 +230,6 @@ class SearchLoop:
         """
         train = [next(train_iterators[k]) for _, k in self.engine.config.stages]
         return train, [next(iterator) for iterator in val_iterators]
-
-    def _distribute(self, dataset):
-        """An iterator over this worker's share of each global batch of ``dataset``.
-
-        Sharding by data (not by file) after rebatching: the replicas of all workers together
-        see exactly the global batches a single device would.
-        """
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA
-        )
-        dataset = dataset.with_options(options)
-        # Without GPUs nothing is gained by prefetching onto the (logical CPU) devices.
-        input_options = tf.distribute.InputOptions(
-            experimental_fetch_to_device=bool(tf.config.list_logical_devices("GPU"))
-        )
-        iterator = iter(self.strategy.experimental_distribute_dataset(dataset, input_options))
-        # Kept as long as the loop: deleting a distributed iterator over an infinite,
-        # prefetching stream stalls for minutes in TF 2.21 (several replicas).
-        self._iterators.append(iterator)
-        return iterator
-
-    def restore(self):
-        """Restores the latest checkpoint, if any; returns the step it resumes at."""
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
-        return int(self.step.numpy())
 
     def _learner_metrics(self, metrics):
         """Per-learner means of the stage metrics."""
@@ -235,12 +254,6 @@ class SearchLoop:
                     f"{tf.train.latest_checkpoint(self.checkpoint_dir) or 'none'} "
                     "(lower the learning rates or check the data)"
                 )
-
-    def _save(self):
-        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
-        if not self.chief:
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
-        return path
 
     def _write_genotype(self, stem):
         genotype = self.engine.architecture.genotype()

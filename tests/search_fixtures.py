@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import data_fixtures
 import tensorflow as tf
@@ -24,10 +26,11 @@ def prepare_data_dir(path, scratch):
     return path
 
 
-def command(root_dir, data_dir, *args, bindings=(), launcher=()):
-    """The search command line (``launcher``: e.g. the logical-CPU launcher and its count)."""
-    bindings = [f"run_search.data_dir = '{data_dir}'", *bindings]
-    module = [*launcher, "ilnas_tf.search"] if launcher else ["-m", "ilnas_tf.search"]
+def command(root_dir, data_dir, *args, bindings=(), launcher=(), name="search"):
+    """The command line of ``ilnas_tf.<name>`` (``search`` or ``train``; ``launcher``: e.g. the
+    logical-CPU launcher and its count), reading data from ``data_dir``."""
+    bindings = [f"run_{name}.data_dir = '{data_dir}'", *bindings]
+    module = [*launcher, f"ilnas_tf.{name}"] if launcher else ["-m", f"ilnas_tf.{name}"]
     return [
         sys.executable,
         *module,
@@ -50,13 +53,14 @@ def completed_run(root_dir, data_dir, bindings):
     return root_dir, result
 
 
-def run_in_process(gin_files, bindings, root_dir):
-    """``run_search`` under the gin files (repository-relative) and bindings, in this process."""
+def run_in_process(gin_files, bindings, root_dir, function=None):
+    """``function`` (default ``run_search``) under the gin files (repository-relative) and
+    bindings, in this process."""
     gin.clear_config()
     gin.add_config_file_search_path(ROOT)
     try:
         gin.parse_config_files_and_bindings([os.path.join(ROOT, f) for f in gin_files], bindings)
-        return search.run_search(root_dir=os.fspath(root_dir))
+        return (function or search.run_search)(root_dir=os.fspath(root_dir))
     finally:
         gin.clear_config()
 
@@ -66,3 +70,42 @@ def final_variables(root_dir):
     reader = tf.train.load_checkpoint(os.path.join(root_dir, "checkpoints"))
     names = [n for n in reader.get_variable_to_shape_map() if not n.startswith("_CHECKPOINTABLE")]
     return {n: reader.get_tensor(n) for n in names}
+
+
+def _wait_for_checkpoint(process, root_dir, number, timeout):
+    index = root_dir / "checkpoints" / f"ckpt-{number}.index"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            return False
+        if index.exists() and (root_dir / "checkpoints" / "checkpoint").exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill_after_checkpoint(cmd, root_dir, number, timeout=480):
+    """Starts ``cmd``, SIGKILLs it once checkpoint ``number`` exists; returns the latest
+    checkpoint number then (asserts that the run got there and wrote no results)."""
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        reached = _wait_for_checkpoint(process, root_dir, number, timeout)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert reached, f"the run ended before its checkpoint {number}"
+    assert not (root_dir / "results.json").exists()
+    return int(tf.train.latest_checkpoint(root_dir / "checkpoints").rsplit("-", 1)[1])
+
+
+def assert_stopped_keeping_last_good_checkpoint(result, root_dir, message):
+    """The run exited non-zero with ``message`` on stderr, no traceback, no results, and named
+    its (existing) last good checkpoint."""
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    latest = tf.train.latest_checkpoint(root_dir / "checkpoints")
+    assert latest is not None and f"Last good checkpoint: {latest}" in result.stderr
+    assert not (root_dir / "results.json").exists()

@@ -111,7 +111,8 @@ def test_mtl_configuration_is_the_sum_of_independent_darts_problems():
     """M=1, lambda=0: no cross-learner gradient; the hypergradient is a weighted sum."""
     weights = (1.0, 0.5)
     mtl = make_engine(
-        engine.InterleavingConfig(num_learners=2, rounds=1, val_loss_weights=weights, mode="exact")
+        engine.InterleavingConfig(num_learners=2, rounds=1, val_loss_weights=weights, mode="exact"),
+        nodes=2,
     )
     train, val = make_batches(mtl, batch=2)
     total, _, _ = mtl.arch_gradient(train, val, 0.01)
@@ -336,7 +337,7 @@ def test_stagewise_exact_method_equals_nested_tapes(transfer):
             exact_method=method,
             hvp_method=hvp,
         )
-        eng = make_engine(config, shared_stage_functions=shared)
+        eng = make_engine(config, shared_stage_functions=shared, nodes=2)
         _randomise_momentum(eng)
         train, val = make_batches(eng, batch=2)
         result, _, _ = eng.arch_gradient(train, val, 0.01)

@@ -11,21 +11,18 @@ from __future__ import annotations
 import glob
 import json
 import os
-import signal
-import subprocess
-import time
 
 import data_fixtures
 import numpy as np
 import pytest
-import tensorflow as tf
 from search_fixtures import (
     DEMO,
-    ENV,
     ROOT,
+    assert_stopped_keeping_last_good_checkpoint,
     command,
     completed_run,
     final_variables,
+    kill_after_checkpoint,
     run,
     run_in_process,
 )
@@ -134,32 +131,10 @@ def test_tensorboard_event_files_hold_curves_heatmaps_and_genotype(demo_run):
     assert texts[-1] == final.to_string()
 
 
-def _wait_for_checkpoint(process, root_dir, number, timeout=480):
-    index = root_dir / "checkpoints" / f"ckpt-{number}.index"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            return False
-        if index.exists() and (root_dir / "checkpoints" / "checkpoint").exists():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_killed_run_resumes_to_the_same_alphas_and_genotype(demo_run, data_dir, tmp_path):
     reference_dir, _ = demo_run
     cmd = command(tmp_path, data_dir, *DEMO, bindings=RESUMABLE)
-    process = subprocess.Popen(
-        cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        reached = _wait_for_checkpoint(process, tmp_path, 2)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert reached, "the run ended before its second checkpoint"
-    assert not (tmp_path / "results.json").exists()
-    killed_at = int(tf.train.latest_checkpoint(tmp_path / "checkpoints").rsplit("-", 1)[1])
+    killed_at = kill_after_checkpoint(cmd, tmp_path, 2)
     assert 2 <= killed_at < 6
     result = run(cmd)  # the same command resumes
     assert result.returncode == 0, result.stderr[-3000:]
@@ -185,12 +160,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_d
         "run_search.checkpoint_every_steps = 1",
     ]
     result = run(command(tmp_path, data_dir, *DEMO, bindings=bindings))
-    assert result.returncode != 0
-    assert "ilnas_tf.search: error: train_loss became" in result.stderr, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    latest = tf.train.latest_checkpoint(tmp_path / "checkpoints")
-    assert latest is not None and f"Last good checkpoint: {latest}" in result.stderr
-    assert not (tmp_path / "results.json").exists()
+    assert_stopped_keeping_last_good_checkpoint(
+        result, tmp_path, "ilnas_tf.search: error: train_loss became"
+    )
 
 
 def _empty_synthetic(tmp_path):

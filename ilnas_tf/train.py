@@ -1,0 +1,258 @@
+"""Training of a derived network: ``python -m ilnas_tf.train --gin_file=gin/train_cifar10.gin``.
+
+Flags: those of the search command (``--gin_file``, default ``gin/train_demo.gin``;
+``--gin_bindings``; ``--root_dir``, default ``./runs/train``; ``--strategy``) and ``--genotype``
+(overrides ``run_train.genotype``): a published name (``DARTS_V2``, ``PC_DARTS``, ...), a
+genotype JSON file, a search ``root_dir`` (its ``genotype.json``) or genotype text. Rerunning
+the same command resumes from the latest checkpoint. At the end the network is evaluated on
+the test set and exported (``export``): ``<root_dir>/export/saved_model`` and
+``<root_dir>/export/model.keras``.
+
+Every hyperparameter is a keyword of the gin-configurable ``run_train``; its defaults are the
+DARTS CIFAR-10 evaluation protocol (quark0/darts ``cnn/train.py``). The loop object
+(``train_loop.TrainLoop``) owns strategy, summaries and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+import gin
+from ilnas_tf import cli
+
+flags.DEFINE_string(
+    "genotype", None, "Genotype: a name, a JSON file, a search root_dir or genotype text."
+)
+FLAGS = flags.FLAGS
+DEMO_GIN = os.path.join(cli.REPO_ROOT, "gin", "train_demo.gin")
+NETWORKS = ("cifar", "imagenet")
+PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+EVAL_BATCH_SIZE = 500
+
+
+@gin.configurable
+def run_train(
+    root_dir,
+    genotype="DARTS_V2",
+    dataset="cifar10",
+    data_dir=None,
+    network="cifar",
+    image_size=None,
+    channels=36,
+    layers=20,
+    auxiliary=True,
+    auxiliary_weight=0.4,
+    drop_path_rate=0.2,
+    cutout_length=16,
+    batch_size=96,
+    epochs=600,
+    steps_per_epoch=None,
+    max_steps=None,
+    learning_rate=0.025,
+    lr_schedule="cosine",
+    learning_rate_min=0.0,
+    lr_decay=0.97,
+    momentum=0.9,
+    weight_decay=3e-4,
+    grad_clip=5.0,
+    label_smoothing=0.0,
+    eval_every_epochs=1,
+    mixed_precision=None,
+    seed=0,
+    deterministic=False,
+    strategy="default",
+    summary_every_steps=50,
+    checkpoint_every_steps=1000,
+    max_to_keep=3,
+    export=True,
+):
+    """Trains (or resumes) a network built from a genotype, evaluates and exports it.
+
+    Args:
+      root_dir: output directory (layout in ``train_loop``).
+      genotype: anything ``genotype.load_genotype`` resolves (name, JSON file, search root_dir,
+        genotype text).
+      dataset: ``data.DATASETS`` name; trained on its whole training split, tested on its test
+        split (``validation`` for ImageNet).
+      data_dir: TFDS data dir (default: TFDS' default).
+      network: ``"cifar"`` (``NetworkCIFAR``) or ``"imagenet"`` (``NetworkImageNet``).
+      image_size: square input size (default: the dataset's own).
+      channels, layers: initial channels C and number of cells.
+      auxiliary, auxiliary_weight: the auxiliary head and the weight of its loss.
+      drop_path_rate: drop-path rate reached at the end, ramped linearly over the epochs.
+      cutout_length: Cutout square side on the normalised images (0: none).
+      batch_size: global batch size.
+      epochs: training epochs.
+      steps_per_epoch: iterations per epoch (default ``ceil(train examples / batch_size)``).
+      max_steps: stop after this many iterations (default: all ``epochs``).
+      learning_rate, lr_schedule, learning_rate_min, lr_decay: ``"cosine"`` from
+        ``learning_rate`` to ``learning_rate_min`` over ``epochs``, or ``"exponential"``
+        (``learning_rate * lr_decay ** epoch``); constant within an epoch.
+      momentum, weight_decay, grad_clip: PyTorch SGD (``optimizers.TorchSGD``: coupled weight
+        decay) after clipping the loss gradient's global norm to ``grad_clip`` (0: no clipping).
+      label_smoothing: label smoothing of the cross-entropy (DARTS ImageNet: 0.1).
+      eval_every_epochs: test-set evaluation every that many epochs (and at the end).
+      mixed_precision: None (float32), ``"mixed_float16"`` (GPUs; dynamic loss scaling) or
+        ``"mixed_bfloat16"``. Exports are float32 either way.
+      seed: seed of the initial weights, the data stream and the drop-path noise.
+      deterministic: enable TensorFlow op determinism (bitwise reproducible resume).
+      strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (TF_CONFIG).
+      summary_every_steps, checkpoint_every_steps, max_to_keep: outputs (see ``TrainLoop``).
+      export: export the SavedModel and the ``.keras`` file at the end.
+
+    Returns:
+      The results dict written to ``root_dir/results.json``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from ilnas_tf import data, optimizers, search_loop, train_loop
+    from ilnas_tf import export as export_lib
+    from ilnas_tf import genotype as genotype_lib
+    from ilnas_tf import network as network_lib
+
+    resolved = genotype_lib.load_genotype(genotype)  # bad genotypes fail before anything runs
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")
+    if mixed_precision not in PRECISIONS:
+        raise ValueError(
+            f"unknown mixed_precision {mixed_precision!r}; expected one of {PRECISIONS}"
+        )
+    for name, value in (("learning_rate", learning_rate), ("grad_clip", grad_clip)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    train_loop.learning_rate_at(0, epochs, learning_rate, lr_schedule)  # validates the schedule
+    distribution = search_loop.make_strategy(strategy)
+    cli.check_root_dir(root_dir)
+    print(f"root_dir: {root_dir}", flush=True)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(seed)
+    spec = data.get_spec(dataset)
+    image_shape = (image_size, image_size, 3) if image_size else spec.image_shape
+
+    def make_dataset(start_batch=0):
+        return data.train_dataset(
+            dataset, batch_size, data_dir=data_dir, seed=seed, cutout_length=cutout_length,
+            image_size=image_size, start_batch=start_batch,
+        ).dataset  # fmt: skip
+
+    def eval_dataset():
+        return data.eval_dataset(dataset, EVAL_BATCH_SIZE, data_dir=data_dir, image_size=image_size)
+
+    train_data = data.train_dataset(  # validates the dataset before anything is built
+        dataset, batch_size, data_dir=data_dir, seed=seed, image_size=image_size
+    )
+    per_epoch = steps_per_epoch or train_data.steps_per_epoch
+    network_class = network_lib.NetworkCIFAR if network == "cifar" else network_lib.NetworkImageNet
+    use_auxiliary = bool(auxiliary) and auxiliary_weight > 0
+    with distribution.scope():
+        model = network_class(
+            channels=channels,
+            num_classes=spec.num_classes,
+            layers=layers,
+            auxiliary=use_auxiliary,
+            genotype=resolved,
+            auxiliary_weight=auxiliary_weight,
+            seed=seed,
+            dtype=mixed_precision or "float32",
+            name="network",
+        )
+        model.build((None, *image_shape))
+        optimizer = optimizers.TorchSGD(
+            learning_rate=train_loop.learning_rate_at(0, epochs, learning_rate, lr_schedule),
+            momentum=momentum,
+            coupled_weight_decay=weight_decay,
+            global_clipnorm=grad_clip or None,
+        )
+        if mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    parameters = network_lib.count_parameters(model)
+    print(
+        f"{network_class.__name__} C={channels}, {layers} cells, genotype {resolved.to_string()}"
+        f"\n{parameters / 1e6:.3f} M parameters (auxiliary head excluded); {dataset}: "
+        f"{train_data.num_examples} training examples, {per_epoch} steps/epoch x {epochs} "
+        f"epochs, batch {batch_size} on {distribution.num_replicas_in_sync} replica(s)"
+        + (f" (stopping after {max_steps} steps)" if max_steps else ""),
+        flush=True,
+    )
+    loop = train_loop.TrainLoop(
+        root_dir=root_dir,
+        strategy=distribution,
+        model=model,
+        optimizer=optimizer,
+        make_dataset=make_dataset,
+        eval_dataset=eval_dataset,
+        global_batch_size=batch_size,
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        learning_rate=lambda epoch: train_loop.learning_rate_at(
+            epoch, epochs, learning_rate, lr_schedule, learning_rate_min, lr_decay
+        ),
+        drop_path_rate=drop_path_rate,
+        auxiliary_weight=auxiliary_weight if use_auxiliary else 0.0,
+        label_smoothing=label_smoothing,
+        eval_every_epochs=eval_every_epochs,
+        summary_every_steps=summary_every_steps,
+        checkpoint_every_steps=checkpoint_every_steps,
+        max_to_keep=max_to_keep,
+        max_steps=max_steps,
+        extra_results={
+            "genotype": resolved.to_string(),
+            "dataset": dataset,
+            "parameters": parameters,
+        },
+    )
+    config_path = os.path.join(root_dir, "operative_config.gin")
+    if loop.chief:
+        export_lib.write_model_description(root_dir, model, dataset, image_shape)
+        search_loop.write_atomically(config_path, gin.config_str())
+    results = loop.run()
+    if loop.chief:
+        search_loop.write_atomically(config_path, gin.operative_config_str())
+        if export:
+            paths = export_lib.export_run(root_dir)
+            results["export"] = {key: paths[key] for key in ("saved_model", "keras")}
+            search_loop.write_atomically(os.path.join(root_dir, "results.json"), _json(results))
+    print(
+        f"test accuracy {results['test_accuracy']:.4f} (best {results['best_test_accuracy']:.4f}"
+        f", top-5 {results['test_top5_accuracy']:.4f}) after {results['steps']} steps"
+    )
+    if "export" in results:
+        print(f"exported: {results['export']['saved_model']} and {results['export']['keras']}")
+    print(f"TensorBoard: tensorboard --logdir {root_dir}/summaries")
+    logging.info("results: %s", results)
+    return results
+
+
+def _json(results):
+    import json
+
+    return json.dumps(results, indent=2)
+
+
+def main(argv):
+    del argv
+    from ilnas_tf import data, export, search_loop
+
+    root_dir, overrides = cli.setup("train", [DEMO_GIN])
+    if FLAGS.genotype:
+        overrides["genotype"] = FLAGS.genotype
+    try:
+        run_train(root_dir=root_dir, **overrides)
+    except (
+        ValueError,
+        data.DatasetUnavailableError,
+        search_loop.NonFiniteLossError,
+        export.ExportError,
+    ) as error:
+        sys.exit(f"ilnas_tf.train: error: {error}")
+    cli.exit_after_success()
+
+
+if __name__ == "__main__":
+    app.run(main)
