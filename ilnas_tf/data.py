@@ -13,7 +13,9 @@ Search splits (``search_datasets``), as in the DARTS reference (``train_search.p
 - ``"ablation"``: ``train[:45%]`` / ``train[45%:90%]`` / holdout ``train[90%:]`` (22.5K / 22.5K
   / 5K of CIFAR).
 
-The test split is never read by the search. Augmentation is DARTS': zero-pad 4 (an eighth of the
+The test split is never read by the search. ImageNet training (``train_dataset``) uses the DARTS
+ImageNet augmentation instead (``augmentation``: random resized crop, flip, colour jitter; test
+images resized to 256 and centre-cropped to 224). Otherwise augmentation is DARTS': zero-pad 4 (an eighth of the
 side for other sizes), random crop back to the image size, random horizontal flip, then per-channel
 normalisation ``(x / 255 - mean) / std`` in float32. The DARTS reference applies this train
 transform to the validation queue too (both queues sample the training set with
@@ -43,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ilnas_tf import synthetic_data
+from ilnas_tf import augmentation, synthetic_data
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -66,6 +68,11 @@ class DatasetSpec:
         shuffles, tiny checkpoints) instead of streaming it through a shuffle buffer.
       generated: prepared offline on demand (``synthetic_data``).
       manual_download: TFDS needs the source files placed by hand (ImageNet).
+      augmentation: training augmentation of ``train_dataset``: ``"pad_crop"`` (DARTS CIFAR:
+        pad, random crop, flip) or ``"resized_crop"`` (DARTS ImageNet: random resized crop,
+        flip, colour jitter; ``augmentation`` module; streamed datasets only).
+      eval_crop_fraction: evaluation images are resized to ``size / eval_crop_fraction`` on
+        the shorter side, then centre-cropped to ``size`` (ImageNet: 256 -> 224).
     """
 
     name: str
@@ -80,6 +87,8 @@ class DatasetSpec:
     in_memory: bool = True
     generated: bool = False
     manual_download: bool = False
+    augmentation: str = "pad_crop"
+    eval_crop_fraction: float = 1.0
 
 
 DATASETS = {
@@ -114,6 +123,8 @@ DATASETS = {
             num_train_examples=1_281_167,
             in_memory=False,
             manual_download=True,
+            augmentation="resized_crop",
+            eval_crop_fraction=0.875,
         ),
         DatasetSpec(
             name="ilnas_synthetic/fine",
@@ -143,6 +154,9 @@ SEARCH_SPLITS = {
     "ablation": ("[:45%]", "[45%:90%]", "[90%:]"),
 }
 """Slices of the training split: (search-train, search-val, holdout or None)."""
+
+AUGMENTATIONS = ("pad_crop", "resized_crop")
+"""Training augmentations (``DatasetSpec.augmentation``)."""
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
 """Shuffle buffer of streamed (not in-memory) datasets."""
@@ -260,13 +274,14 @@ def _output_size(spec, image_size):
     return image_size, image_size
 
 
-def _resize_example(image, size):
-    """Resizes one image: shorter side to ``size``, then the central square (uint8 out)."""
-    if image.shape[:2] == tuple(size):
+def _resize_example(image, size, crop_fraction=1.0):
+    """Resizes one image: shorter side to ``size / crop_fraction``, then the central
+    ``size`` crop (uint8 out)."""
+    if image.shape[:2] == tuple(size) and crop_fraction == 1.0:
         return image
     height = tf.cast(tf.shape(image)[0], tf.float32)
     width = tf.cast(tf.shape(image)[1], tf.float32)
-    scale = float(max(size)) / tf.minimum(height, width)
+    scale = round(max(size) / crop_fraction) / tf.minimum(height, width)
     new_shape = tf.cast(tf.math.ceil(tf.stack([height * scale, width * scale])), tf.int32)
     resized = tf.image.resize(image, tf.maximum(new_shape, size), antialias=True)
     resized = tf.image.resize_with_crop_or_pad(resized, size[0], size[1])
@@ -327,14 +342,30 @@ def cutout(images, key, length):
     return images * tf.cast(~hole, images.dtype)[..., None]
 
 
-def _decode_and_resize(builder, size):
+def _decode_and_resize(builder, size, crop_fraction=1.0):
     image_feature = builder.info.features["image"]
 
     def decode(example):
         image = example["image"]
         if image.dtype == tf.string:
             image = image_feature.decode_example(image)
-        return _resize_example(image, size), tf.cast(example["label"], tf.int32)
+        return _resize_example(image, size, crop_fraction), tf.cast(example["label"], tf.int32)
+
+    return decode
+
+
+def _decode_and_crop(builder, size, seed, stream):
+    """Decode + ``random_resized_crop`` of the example at stream position ``p``."""
+    image_feature = builder.info.features["image"]
+    seed_and_stream = tf.constant([seed, stream], tf.int64)
+
+    def decode(position, example):
+        image = example["image"]
+        if image.dtype == tf.string:
+            image = image_feature.decode_example(image)
+        key = tf.random.experimental.stateless_fold_in(seed_and_stream, position)
+        crop = augmentation.random_resized_crop(image, key, size)
+        return crop, tf.cast(example["label"], tf.int32)
 
     return decode
 
@@ -353,13 +384,25 @@ def _load_in_memory(builder, split, size):
 
 
 def _shuffled_batches(
-    builder, spec, split, batch_size, seed, stream, size, in_memory, buffer, start_batch=0
+    builder,
+    spec,
+    split,
+    batch_size,
+    seed,
+    stream,
+    size,
+    in_memory,
+    buffer,
+    start_batch=0,
+    resized_crop=False,
 ):
     """Infinite stream of shuffled ``(uint8 images, int32 labels)`` batches and the split size.
 
     In memory: batch ``t`` holds positions ``t * B .. t * B + B - 1`` of the endless sequence of
     epochs; position ``p`` is example ``index_shuffle(p % n, seed=(seed, stream, p // n))``.
     The stream starts at batch ``start_batch`` (a resumed run continues where it stopped).
+    Streamed: a seeded shuffle buffer; ``resized_crop`` crops example ``p`` of the stream with a
+    key of ``(seed, stream, p)`` (the DARTS ImageNet augmentation's first part).
     """
 
     def check_size(num_examples):
@@ -371,6 +414,11 @@ def _shuffled_batches(
         return num_examples
 
     num_examples = check_size(_num_examples(builder, split))
+    if in_memory and resized_crop:
+        raise ValueError(
+            f"the resized_crop augmentation of dataset {spec.name!r} needs a streamed pipeline "
+            "(in_memory=False): it crops the full-size images"
+        )
     if in_memory:
         images, labels = _load_in_memory(builder, split, size)
         num_examples = check_size(len(labels))  # differs from the metadata under mock_data
@@ -401,24 +449,52 @@ def _shuffled_batches(
         read_config=tfds.ReadConfig(shuffle_seed=stream_seed),
         decoders={"image": tfds.decode.SkipDecoding()},
     )
-    dataset = dataset.repeat().shuffle(buffer, seed=stream_seed)
-    dataset = dataset.map(_decode_and_resize(builder, size), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=True).skip(start_batch), num_examples
+    dataset = dataset.repeat().shuffle(buffer, seed=stream_seed).enumerate()
+    # Skip before decoding: resuming far into a stream costs no decoding.
+    dataset = dataset.skip(start_batch * batch_size)
+    if resized_crop:
+        decode = _decode_and_crop(builder, size, seed, stream)
+    else:
+        decode_and_resize = _decode_and_resize(builder, size)
+
+        def decode(position, example):
+            del position
+            return decode_and_resize(example)
+
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True), num_examples
 
 
 def _transform_batches(
-    dataset, spec, seed, stream, augment_images, padding, cutout_length, start_batch=0
+    dataset,
+    spec,
+    seed,
+    stream,
+    augment_images,
+    padding,
+    cutout_length,
+    start_batch=0,
+    method="pad_crop",
 ):
-    """Augments (keyed on the batch number), normalises, cuts out; deterministic, prefetched."""
+    """Augments (keyed on the batch number), normalises, cuts out; deterministic, prefetched.
+
+    ``method``: ``"pad_crop"`` (pad, crop, flip) or ``"resized_crop"`` (the batches are already
+    cropped: flip and colour jitter).
+    """
     seed_and_stream = tf.constant([seed, stream], tf.int64)
 
     def transform(step, batch):
         images, labels = batch
         key = tf.random.experimental.stateless_fold_in(seed_and_stream, step)
         augment_key, cutout_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        if augment_images:
-            images = augment(images, augment_key, padding=padding)
-        images = normalize(images, spec)
+        if augment_images and method == "resized_crop":
+            flip_key, jitter_key = tf.unstack(tf.random.experimental.stateless_split(augment_key))
+            pixels = augmentation.flip(tf.cast(images, tf.float32) / 255.0, flip_key)
+            images = normalize(augmentation.color_jitter(pixels, jitter_key) * 255.0, spec)
+        else:
+            if augment_images:
+                images = augment(images, augment_key, padding=padding)
+            images = normalize(images, spec)
         if cutout_length:
             images = cutout(images, cutout_key, cutout_length)
         return images, labels
@@ -440,7 +516,8 @@ def _finite_batches(builder, spec, split, batch_size, size):
     if num_examples < 1:
         raise ValueError(f"split {split!r} of dataset {spec.name!r} is empty")
     dataset = builder.as_dataset(split=split, shuffle_files=False)
-    dataset = dataset.map(_decode_and_resize(builder, size), num_parallel_calls=tf.data.AUTOTUNE)
+    decode = _decode_and_resize(builder, size, spec.eval_crop_fraction)
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size).map(
         lambda images, labels: (normalize(images, spec), labels),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -537,29 +614,38 @@ def train_dataset(
     image_size=None,
     in_memory=None,
     start_batch=0,
+    augmentation_method=None,
 ):
     """Infinite augmented batches of the whole training split (training of derived networks).
 
     As DARTS' ``train.py``: pad/crop/flip, normalisation, then Cutout of ``cutout_length``
-    (0: none) on the normalised images. Arguments as ``search_datasets``; ``split`` may be any
-    TFDS split of the dataset (default: its training split); ``start_batch`` is one number.
+    (0: none) on the normalised images; ImageNet as ``train_imagenet.py``: random resized crop,
+    flip, colour jitter, normalisation (``augmentation``). Arguments as ``search_datasets``;
+    ``split`` may be any TFDS split of the dataset (default: its training split);
+    ``start_batch`` is one number; ``augmentation_method`` overrides the spec's
+    ``augmentation`` (``"pad_crop"`` or ``"resized_crop"``).
     """
     spec = get_spec(name)
     batch_size = _check_int(batch_size, "batch_size", 1)
     seed = _check_int(seed, "seed", 0, 2**31)
     size = _output_size(spec, image_size)
     cutout_length = _check_int(cutout_length, "cutout_length", 0)
+    method = augmentation_method or spec.augmentation
+    if method not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {method!r}; expected one of {AUGMENTATIONS}")
     in_memory = spec.in_memory if in_memory is None else bool(in_memory)
     builder = get_builder(spec, data_dir)
     split = spec.train_split if split == "train" else split
     start_batch = _check_int(start_batch, "start_batch", 0)
+    resized_crop = bool(augment) and method == "resized_crop"
     batches, count = _shuffled_batches(
         builder, spec, split, batch_size, seed, _FULL_TRAIN_STREAM, size, in_memory,
-        shuffle_buffer, start_batch,
+        shuffle_buffer, start_batch, resized_crop,
     )  # fmt: skip
     dataset = _transform_batches(
-        batches, spec, seed, _FULL_TRAIN_STREAM, augment, size[0] // 8, cutout_length, start_batch
-    )
+        batches, spec, seed, _FULL_TRAIN_STREAM, augment, size[0] // 8, cutout_length,
+        start_batch, method,
+    )  # fmt: skip
     return TrainData(dataset, spec, count, math.ceil(count / batch_size))
 
 

@@ -177,15 +177,20 @@ class TrainLoop(search_loop.RunLoop):
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
             objective = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
         gradients = tape.gradient(objective, variables)
+        flat = tf.concat([tf.reshape(g, [-1]) for g in gradients], axis=0)
         predictions = tf.argmax(tf.cast(logits, tf.float32), axis=-1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
-        return gradients, loss, correct
+        return flat, loss, correct
 
     def _distributed_step(self, images, labels):
+        variables = self.model.trainable_variables
         gradients, loss, correct = self.strategy.run(self._replica_step, (images, labels))
-        # Sum over replicas first, then clip the global gradient (see ``optimizers``).
-        gradients = self.strategy.reduce("SUM", gradients, axis=None)
-        self.optimizer.apply(gradients, self.model.trainable_variables)
+        # Sum over replicas first (one all-reduce of the flat gradient), then clip the global
+        # gradient in the optimizer (see ``optimizers``).
+        flat = self.strategy.reduce("SUM", gradients, axis=None)
+        sizes = [int(np.prod(v.shape)) for v in variables]
+        gradients = [tf.reshape(g, v.shape) for g, v in zip(tf.split(flat, sizes), variables)]
+        self.optimizer.apply(gradients, variables)
         loss = self.strategy.reduce("SUM", loss, axis=None)
         accuracy = self.strategy.reduce("SUM", correct, axis=None) / self.global_batch_size
         return loss, accuracy

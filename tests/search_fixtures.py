@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,3 +111,39 @@ def assert_stopped_keeping_last_good_checkpoint(result, root_dir, message):
     latest = tf.train.latest_checkpoint(root_dir / "checkpoints")
     assert latest is not None and f"Last good checkpoint: {latest}" in result.stderr
     assert not (root_dir / "results.json").exists()
+
+
+def free_ports(count):
+    """``count`` TCP ports free on 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def run_workers(cmd, count=2, timeout=600):
+    """Runs ``cmd`` as ``count`` MultiWorkerMirroredStrategy workers on loopback (TF_CONFIG);
+    asserts that each exits 0 and returns their ``(stdout, stderr)`` pairs, chief first."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(count)]}
+    workers = []
+    for index in range(count):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**ENV, "TF_CONFIG": json.dumps(config)}
+        workers.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=timeout))
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+    return outputs

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 
 import numpy as np
 import pytest
-from search_fixtures import DEMO, ENV, ROOT, command, completed_run, final_variables, run
+from search_fixtures import (
+    DEMO,
+    ROOT,
+    command,
+    completed_run,
+    final_variables,
+    run,
+    run_workers,
+)
 
 LAUNCHER = (os.path.join(ROOT, "tests", "logical_cpus.py"), "2")
 # Demo data and supernet at smoke size, 3 first-order iterations of global batch 8.
@@ -60,42 +66,9 @@ def test_demo_on_two_logical_cpus_matches_one_device(data_dir, single_device_run
     _assert_same_search(tmp_path, single_device_run)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def test_two_worker_processes_on_loopback_match_one_process(data_dir, single_device_run, tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     cmd = command(tmp_path, data_dir, *DEMO, "--strategy=multi_worker", bindings=BINDINGS)
-    workers = []
-    for index in range(2):
-        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**ENV, "TF_CONFIG": json.dumps(config)}
-        workers.append(
-            subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outputs = []
-    try:
-        for worker in workers:
-            outputs.append(worker.communicate(timeout=600))
-    finally:
-        for worker in workers:
-            worker.kill()
-    for worker, (_, stderr) in zip(workers, outputs):
-        assert worker.returncode == 0, stderr[-3000:]
+    outputs = run_workers(cmd)
     assert "on 2 replica(s)" in outputs[0][0]
     _assert_same_search(tmp_path, single_device_run)  # the chief's outputs
     leftovers = sorted(p.name for p in tmp_path.iterdir())

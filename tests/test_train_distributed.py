@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from search_fixtures import ENV, ROOT, command, run
+from search_fixtures import ENV, ROOT, command, run, run_workers
 
 LAUNCHER = (os.path.join(ROOT, "tests", "logical_cpus.py"), "2")
 
@@ -40,3 +40,24 @@ def test_train_command_on_two_replicas_trains_and_exports(data_dir, tmp_path):
     serve = tf.saved_model.load(os.fspath(tmp_path / "export" / "saved_model"))
     logits = serve.signatures["serving_default"](images=tf.zeros([2, 32, 32, 3], tf.uint8))
     assert logits["logits"].shape == (2, 10)
+
+
+def test_train_command_on_two_worker_processes_trains_and_the_chief_exports(data_dir, tmp_path):
+    cmd = command(
+        tmp_path, data_dir, "--gin_file=gin/train_demo.gin", "--gin_file=gin/train_smoke.gin",
+        "--strategy=multi_worker", name="train",
+    )  # fmt: skip
+    outputs = run_workers(cmd)
+    assert "batch 8 on 2 replica(s)" in outputs[0][0]
+    assert "exported:" in outputs[0][0] and "exported:" not in outputs[1][0]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["steps"] == 4 and np.isfinite(results["test_loss"])
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == [
+        "checkpoints",
+        "export",
+        "model.json",
+        "operative_config.gin",
+        "results.json",
+        "summaries",
+    ], leftovers
