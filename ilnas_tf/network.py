@@ -34,6 +34,13 @@ Drop path: each network owns a non-trainable scalar ``keras.Variable``
 ``set_drop_path_rate(value)``) updates it in place (the reference sets
 ``drop_path_prob * epoch / epochs`` every epoch), so a compiled ``train_step`` reads the new
 rate without retracing. The variable is saved with the weights.
+
+Saving weights: use Keras' own formats (``model.save("x.keras")``,
+``model.save_weights("x.weights.h5")``) or ``train_loop.model_checkpoint(model)``. A plain
+``tf.train.Checkpoint(model=model)`` misses most variables: Keras 3 does not expose layers and
+variables held in Python lists (the cells, the ops' kernels) to TensorFlow's checkpoint object
+graph, so such a checkpoint silently holds only the auxiliary head, the classifier and the
+drop-path rate.
 """
 
 from __future__ import annotations

@@ -330,3 +330,24 @@ def test_mixed_precision_trains_and_exports_float32(data_dir, tmp_path):
     assert model.dtype_policy.name == "float32" and logits.dtype == tf.float32
     want = export.keras_probabilities(model, images, description["mean"], description["std"])[1]
     np.testing.assert_allclose(logits.numpy(), want, atol=1e-5)
+
+
+def test_model_checkpoint_holds_every_variable(tmp_path):
+    from ilnas_tf import network
+
+    def build():
+        model = network.NetworkCIFAR(2, 10, 3, True, GENOTYPE, seed=0, name="network")
+        model.build((None, 32, 32, 3))
+        return model
+
+    model = build()
+    path = train_loop.model_checkpoint(model).save(os.fspath(tmp_path / "ckpt"))
+    saved = [n for n in tf.train.list_variables(path) if "model_variables" in n[0]]
+    assert len(saved) == len(model.variables)  # incl. BN statistics and drop-path seed states
+    other = build()
+    assert any(
+        not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.variables, other.variables)
+    )
+    train_loop.restore_model_variables(other, path)
+    for a, b in zip(model.variables, other.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
