@@ -13,10 +13,10 @@ Search splits (``search_datasets``), as in the DARTS reference (``train_search.p
 - ``"ablation"``: ``train[:45%]`` / ``train[45%:90%]`` / holdout ``train[90%:]`` (22.5K / 22.5K
   / 5K of CIFAR).
 
-The test split is never read by the search. ImageNet training (``train_dataset``) uses the DARTS
-ImageNet augmentation instead (``augmentation``: random resized crop, flip, colour jitter; test
-images resized to 256 and centre-cropped to 224). Otherwise augmentation is DARTS': zero-pad 4 (an eighth of the
-side for other sizes), random crop back to the image size, random horizontal flip, then per-channel
+The test split is never read by the search. ImageNet training (``train_dataset``) uses the
+DARTS ImageNet augmentation (``augmentation``: random resized crop, flip, colour jitter; test
+images resized to 256 and centre-cropped to 224). Otherwise augmentation is DARTS': zero-pad 4
+(an eighth of the side for other sizes), random crop back to the image size, random horizontal flip, then per-channel
 normalisation ``(x / 255 - mean) / std`` in float32. The DARTS reference applies this train
 transform to the validation queue too (both queues sample the training set with
 ``train_transform``), hence ``augment_val=True`` by default.
@@ -288,10 +288,14 @@ def _resize_example(image, size, crop_fraction=1.0):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
+def standardize(images, mean, std):
+    """``(images - mean) / std`` per channel, for float32 images scaled to [0, 1]."""
+    return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
 def normalize(images, spec):
     """``(images / 255 - mean) / std`` in float32 (uint8 or float pixel values in [0, 255])."""
-    images = tf.cast(images, tf.float32) / 255.0
-    return (images - tf.constant(spec.mean, tf.float32)) / tf.constant(spec.std, tf.float32)
+    return standardize(tf.cast(images, tf.float32) / 255.0, spec.mean, spec.std)
 
 
 def augment(images, key, padding=4, flip=True):
@@ -317,8 +321,7 @@ def augment(images, key, padding=4, flip=True):
         images = tf.gather(padded, rows, axis=1, batch_dims=1)
         images = tf.gather(images, cols, axis=2, batch_dims=1)
     if flip:
-        flips = tf.random.stateless_uniform([batch], seed=flip_key) < 0.5
-        images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        images = augmentation.flip(images, flip_key)
     return images
 
 
@@ -342,32 +345,40 @@ def cutout(images, key, length):
     return images * tf.cast(~hole, images.dtype)[..., None]
 
 
-def _decode_and_resize(builder, size, crop_fraction=1.0):
+def _example_decoder(builder):
+    """``decode(example) -> (uint8 image, int32 label)``, whether or not TFDS decoded the image."""
     image_feature = builder.info.features["image"]
 
     def decode(example):
         image = example["image"]
         if image.dtype == tf.string:
             image = image_feature.decode_example(image)
-        return _resize_example(image, size, crop_fraction), tf.cast(example["label"], tf.int32)
+        return image, tf.cast(example["label"], tf.int32)
 
     return decode
+
+
+def _decode_and_resize(builder, size, crop_fraction=1.0):
+    decode = _example_decoder(builder)
+
+    def decode_and_resize(example):
+        image, label = decode(example)
+        return _resize_example(image, size, crop_fraction), label
+
+    return decode_and_resize
 
 
 def _decode_and_crop(builder, size, seed, stream):
     """Decode + ``random_resized_crop`` of the example at stream position ``p``."""
-    image_feature = builder.info.features["image"]
+    decode = _example_decoder(builder)
     seed_and_stream = tf.constant([seed, stream], tf.int64)
 
-    def decode(position, example):
-        image = example["image"]
-        if image.dtype == tf.string:
-            image = image_feature.decode_example(image)
+    def decode_and_crop(position, example):
+        image, label = decode(example)
         key = tf.random.experimental.stateless_fold_in(seed_and_stream, position)
-        crop = augmentation.random_resized_crop(image, key, size)
-        return crop, tf.cast(example["label"], tf.int32)
+        return augmentation.random_resized_crop(image, key, size), label
 
-    return decode
+    return decode_and_crop
 
 
 def _load_in_memory(builder, split, size):
@@ -490,7 +501,7 @@ def _transform_batches(
         if augment_images and method == "resized_crop":
             flip_key, jitter_key = tf.unstack(tf.random.experimental.stateless_split(augment_key))
             pixels = augmentation.flip(tf.cast(images, tf.float32) / 255.0, flip_key)
-            images = normalize(augmentation.color_jitter(pixels, jitter_key) * 255.0, spec)
+            images = standardize(augmentation.color_jitter(pixels, jitter_key), spec.mean, spec.std)
         else:
             if augment_images:
                 images = augment(images, augment_key, padding=padding)

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ilnas_tf import data, network  # noqa: F401  (network registers the Keras classes)
+from ilnas_tf import data, network, search_loop  # noqa: F401  (network: the Keras classes)
 
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "images"
@@ -62,11 +62,9 @@ def write_model_description(root_dir, model, dataset, image_shape):
         "mean": list(spec.mean),
         "std": list(spec.std),
     }
-    path = os.path.join(root_dir, MODEL_FILE)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(description, handle, indent=2)
-    os.replace(temporary, path)
+    search_loop.write_atomically(
+        os.path.join(root_dir, MODEL_FILE), json.dumps(description, indent=2)
+    )
 
 
 def read_model_description(root_dir):
@@ -94,8 +92,7 @@ def build_inference_model(description):
 
 def preprocess(images, mean, std):
     """uint8 ``[B, H, W, C]`` pixels -> normalised float32, as the training pipeline does."""
-    images = tf.cast(images, tf.float32) / 255.0
-    return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return data.standardize(tf.cast(images, tf.float32) / 255.0, mean, std)
 
 
 def _checked_images(images, image_shape):

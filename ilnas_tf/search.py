@@ -152,6 +152,11 @@ def run_search(
         return result
 
     first = streams(with_counts=True)  # validates every dataset before building anything
+
+    def make_streams(step):
+        # A fresh run reads the streams built above (in-memory splits are loaded once).
+        return [(train, val) for train, val, _ in first] if step == 0 else streams(step)
+
     per_epoch = steps_per_epoch or max(1, first[0][2] // batch_size)
     names = [f"{name.replace('/', '_')}_{k}" for k, name in enumerate(datasets)]
     with distribution.scope():
@@ -217,7 +222,7 @@ def run_search(
         root_dir=root_dir,
         strategy=distribution,
         engine=search_engine,
-        make_streams=streams,
+        make_streams=make_streams,
         evaluate=evaluate,
         learner_names=names,
         epochs=epochs,

@@ -15,6 +15,7 @@ DARTS CIFAR-10 evaluation protocol (quark0/darts ``cnn/train.py``). The loop obj
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -134,18 +135,21 @@ def run_train(
     spec = data.get_spec(dataset)
     image_shape = (image_size, image_size, 3) if image_size else spec.image_shape
 
-    def make_dataset(start_batch=0):
+    def train_stream(start_batch=0):
         return data.train_dataset(
             dataset, batch_size, data_dir=data_dir, seed=seed, cutout_length=cutout_length,
             image_size=image_size, start_batch=start_batch,
-        ).dataset  # fmt: skip
+        )  # fmt: skip
 
     def eval_dataset():
         return data.eval_dataset(dataset, EVAL_BATCH_SIZE, data_dir=data_dir, image_size=image_size)
 
-    train_data = data.train_dataset(  # validates the dataset before anything is built
-        dataset, batch_size, data_dir=data_dir, seed=seed, image_size=image_size
-    )
+    train_data = train_stream()  # validates the dataset before anything is built
+
+    def make_dataset(start_batch=0):
+        # A fresh run reads the stream built above (an in-memory split is loaded once).
+        return train_data.dataset if start_batch == 0 else train_stream(start_batch).dataset
+
     per_epoch = steps_per_epoch or train_data.steps_per_epoch
     network_class = network_lib.NetworkCIFAR if network == "cifar" else network_lib.NetworkImageNet
     use_auxiliary = bool(auxiliary) and auxiliary_weight > 0
@@ -217,7 +221,9 @@ def run_train(
         if export:
             paths = export_lib.export_run(root_dir)
             results["export"] = {key: paths[key] for key in ("saved_model", "keras")}
-            search_loop.write_atomically(os.path.join(root_dir, "results.json"), _json(results))
+            search_loop.write_atomically(
+                os.path.join(root_dir, "results.json"), json.dumps(results, indent=2)
+            )
     print(
         f"test accuracy {results['test_accuracy']:.4f} (best {results['best_test_accuracy']:.4f}"
         f", top-5 {results['test_top5_accuracy']:.4f}) after {results['steps']} steps"
@@ -227,12 +233,6 @@ def run_train(
     print(f"TensorBoard: tensorboard --logdir {root_dir}/summaries")
     logging.info("results: %s", results)
     return results
-
-
-def _json(results):
-    import json
-
-    return json.dumps(results, indent=2)
 
 
 def main(argv):
