@@ -74,13 +74,19 @@ def final_variables(root_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
+def _latest_checkpoint_number(root_dir):
+    latest = tf.train.latest_checkpoint(root_dir / "checkpoints")
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
 def _wait_for_checkpoint(process, root_dir, number, timeout):
-    index = root_dir / "checkpoints" / f"ckpt-{number}.index"
+    """Until the ``checkpoint`` state file names checkpoint ``number`` or a later one (the
+    files of ``ckpt-N`` appear before the state file names them)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
             return False
-        if index.exists() and (root_dir / "checkpoints" / "checkpoint").exists():
+        if _latest_checkpoint_number(root_dir) >= number:
             return True
         time.sleep(0.05)
     return False
@@ -99,7 +105,7 @@ def kill_after_checkpoint(cmd, root_dir, number, timeout=480):
         process.wait()
     assert reached, f"the run ended before its checkpoint {number}"
     assert not (root_dir / "results.json").exists()
-    return int(tf.train.latest_checkpoint(root_dir / "checkpoints").rsplit("-", 1)[1])
+    return _latest_checkpoint_number(root_dir)
 
 
 def assert_stopped_keeping_last_good_checkpoint(result, root_dir, message):
