@@ -1,16 +1,24 @@
-"""Shared command-line pieces of ``ilnas_tf.search`` and ``ilnas_tf.train``.
+"""The command-line main shared by ``ilnas_tf.search`` and ``ilnas_tf.train``.
 
 Both commands take the same flags (defined once here, so that both modules can be imported in
 one process): ``--gin_file`` (repeatable, applied in order), ``--gin_bindings`` (repeatable),
-``--root_dir`` (each command has its own default) and ``--strategy``.
+``--root_dir`` (each command has its own default) and ``--strategy``. ``run`` is the whole
+main: a first line at once, gin parsed from the flags, the command's run function, one-line
+``ilnas_tf.<command>: error: ...`` messages with exit status 1, and an exit that skips the
+interpreter's teardown after success.
+
+Default gin files are found relative to the repository root (``REPO_ROOT``), which is where
+an editable install (``pip install -e .``) imports the package from; with any other install
+pass ``--gin_file``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 import gin
 
@@ -28,28 +36,33 @@ flags.DEFINE_enum(
     "MultiWorkerMirroredStrategy from TF_CONFIG.",
 )
 
-
-def check_root_dir(root_dir):
-    """Creates ``root_dir``; ValueError naming it when it is not a writable directory."""
-    try:
-        os.makedirs(root_dir, exist_ok=True)
-        probe = os.path.join(root_dir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"root_dir {root_dir!r} is not a writable directory: {error}") from None
+# Raised by both runs for missing data and diverging losses (and ValueError for bad inputs):
+# one line, exit 1. ``module:Class`` names, imported once the run starts.
+ERRORS = ("ilnas_tf.data:DatasetUnavailableError", "ilnas_tf.run_loop:NonFiniteLossError")
 
 
-def setup(command, default_gin_files):
+def _resolve(name):
+    module, attribute = name.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def setup(command, default_gin_files, configurables=()):
     """Quiet logging, no TFDS progress bars, gin parsed from the flags (exit 1 if bad).
 
+    Args:
+      command: ``"search"`` or ``"train"`` (messages, the default root_dir).
+      default_gin_files: gin files read without ``--gin_file``.
+      configurables: modules to import first (they register gin configurables such as
+        ``engine.InterleavingConfig``).
+
     Returns:
-        ``(root_dir, overrides)``: the output directory (``./runs/<command>`` by default) and
-        the keyword overrides from ``--strategy``.
+      ``(root_dir, overrides)``: the output directory (``./runs/<command>`` by default) and
+      the keyword overrides from ``--strategy``.
     """
     import tensorflow_datasets as tfds
 
+    for module in configurables:
+        importlib.import_module(module)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep TFDS' INFO lines out of the console
     tfds.disable_progress_bar()
@@ -65,12 +78,64 @@ def setup(command, default_gin_files):
     return root_dir, overrides
 
 
+def run(command, run_fn, default_gin_files, errors=ERRORS, configurables=(), overrides=None):
+    """The main of a command: ``run_fn(root_dir=..., **overrides)`` configured by the flags.
+
+    Args:
+      command: ``"search"`` or ``"train"``.
+      run_fn: the gin-configurable run function (``search.run_search``).
+      default_gin_files: gin files read without ``--gin_file``.
+      errors: ``module:Class`` names of the exceptions reported as one line with exit status
+        1 (``ValueError`` always is).
+      configurables: modules registering the gin configurables the files bind.
+      overrides: keyword arguments from command-specific flags (``--genotype``).
+    """
+    print(f"ilnas_tf.{command}: starting (loading TensorFlow) ...", flush=True)
+    root_dir, flag_overrides = setup(command, default_gin_files, configurables)
+    errors = (ValueError, *(_resolve(name) for name in errors))
+    try:
+        run_fn(root_dir=root_dir, **flag_overrides, **(overrides or {}))
+    except errors as error:
+        sys.exit(f"ilnas_tf.{command}: error: {error}")
+    exit_after_success()
+
+
+def console_main(main, module):
+    """Runs ``main`` with absl, as a console script (``ilnas-search``) or ``python -m``.
+
+    A console script's ``__main__`` is the generated wrapper: absl's ``--help`` would show
+    neither ``module``'s docstring nor its flags, so both are lent to the wrapper first.
+    """
+    wrapper = sys.modules["__main__"]
+    if wrapper is not module:
+        for flag in FLAGS.get_key_flags_for_module(module.__name__):
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+        wrapper.__doc__ = module.__doc__
+    app.run(main)
+
+
+def remove_autograph_files():
+    """Deletes the ``__autograph_generated_file*.py`` modules of this process.
+
+    TensorFlow's autograph writes each converted function to the temp dir and removes the
+    files in an ``atexit`` handler, which ``os._exit`` skips.
+    """
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.startswith("__autograph_generated_file") and path:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
 def exit_after_success():
     """Flushes every output and exits 0 without the interpreter's teardown.
 
     With several replicas, TF 2.21 can stall for minutes destroying distributed input
     iterators at exit; every output is already written and closed here.
     """
+    remove_autograph_files()
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ilnas_tf import augmentation, synthetic_data
+from ilnas_tf import augmentation, synthetic_data, validation
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -247,15 +247,6 @@ def _unavailable_message(spec, builder, data_dir):
     )
 
 
-def _check_int(value, what, minimum, maximum=None):
-    """``value`` as an int in ``[minimum, maximum)``; ValueError naming ``what`` otherwise."""
-    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not is_int or value < minimum or (maximum is not None and value >= maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum})"
-        raise ValueError(f"{what} must be an int {bounds}, got {value!r}")
-    return int(value)
-
-
 def _num_examples(builder, split):
     try:
         return int(builder.info.splits[split].num_examples)
@@ -270,7 +261,7 @@ def _num_examples(builder, split):
 def _output_size(spec, image_size):
     if image_size is None:
         return spec.image_shape[:2]
-    image_size = _check_int(image_size, "image_size", 1)
+    image_size = validation.check_int("image_size", image_size, 1)
     return image_size, image_size
 
 
@@ -452,7 +443,11 @@ def _shuffled_batches(
         dataset = tf.data.Dataset.counter(start=start_batch * batch_size)
         dataset = dataset.batch(batch_size, drop_remainder=True)
         return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE), num_examples
-    buffer = DEFAULT_SHUFFLE_BUFFER if buffer is None else _check_int(buffer, "shuffle_buffer", 1)
+    buffer = (
+        DEFAULT_SHUFFLE_BUFFER
+        if buffer is None
+        else validation.check_int("shuffle_buffer", buffer, 1)
+    )
     stream_seed = seed * 4 + stream
     dataset = builder.as_dataset(
         split=split,
@@ -573,16 +568,16 @@ def search_datasets(
       A ``SearchData``; the test split is never read.
     """
     spec = get_spec(name)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    batch_size = validation.check_int("batch_size", batch_size, 1)
     if split not in SEARCH_SPLITS:
         raise ValueError(f"unknown search split {split!r}; known: {', '.join(SEARCH_SPLITS)}")
-    seed = _check_int(seed, "seed", 0, 2**31)
+    seed = validation.check_int("seed", seed, 0, 2**31 - 1)
     size = _output_size(spec, image_size)
     in_memory = spec.in_memory if in_memory is None else bool(in_memory)
     builder = get_builder(spec, data_dir)
     train_slice, val_slice, holdout_slice = SEARCH_SPLITS[split]
     starts = (start_batch, start_batch) if isinstance(start_batch, int) else tuple(start_batch)
-    starts = [_check_int(s, "start_batch", 0) for s in starts]
+    starts = [validation.check_int("start_batch", s, 0) for s in starts]
     streams = []
     for stream, part, augment_part, start in (
         (_TRAIN_STREAM, train_slice, augment, starts[0]),
@@ -637,17 +632,17 @@ def train_dataset(
     ``augmentation`` (``"pad_crop"`` or ``"resized_crop"``).
     """
     spec = get_spec(name)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    seed = _check_int(seed, "seed", 0, 2**31)
+    batch_size = validation.check_int("batch_size", batch_size, 1)
+    seed = validation.check_int("seed", seed, 0, 2**31 - 1)
     size = _output_size(spec, image_size)
-    cutout_length = _check_int(cutout_length, "cutout_length", 0)
+    cutout_length = validation.check_int("cutout_length", cutout_length, 0)
     method = augmentation_method or spec.augmentation
     if method not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {method!r}; expected one of {AUGMENTATIONS}")
     in_memory = spec.in_memory if in_memory is None else bool(in_memory)
     builder = get_builder(spec, data_dir)
     split = spec.train_split if split == "train" else split
-    start_batch = _check_int(start_batch, "start_batch", 0)
+    start_batch = validation.check_int("start_batch", start_batch, 0)
     resized_crop = bool(augment) and method == "resized_crop"
     batches, count = _shuffled_batches(
         builder, spec, split, batch_size, seed, _FULL_TRAIN_STREAM, size, in_memory,
@@ -672,7 +667,7 @@ def eval_dataset(name, batch_size, *, split="test", data_dir=None, image_size=No
       image_size: square output size, as in ``search_datasets``.
     """
     spec = get_spec(name)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    batch_size = validation.check_int("batch_size", batch_size, 1)
     size = _output_size(spec, image_size)
     builder = get_builder(spec, data_dir)
     split = {"test": spec.test_split, "train": spec.train_split}.get(split, split)

@@ -29,10 +29,9 @@ import os
 import shutil
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from ilnas_tf import data, network, search_loop  # noqa: F401  (network: the Keras classes)
+from ilnas_tf import data, network, run_dir  # noqa: F401  (network: the Keras classes)
 
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "images"
@@ -62,9 +61,7 @@ def write_model_description(root_dir, model, dataset, image_shape):
         "mean": list(spec.mean),
         "std": list(spec.std),
     }
-    search_loop.write_atomically(
-        os.path.join(root_dir, MODEL_FILE), json.dumps(description, indent=2)
-    )
+    run_dir.write_atomically(os.path.join(root_dir, MODEL_FILE), json.dumps(description, indent=2))
 
 
 def read_model_description(root_dir):
@@ -179,14 +176,12 @@ def export_run(root_dir, checkpoint=None, output_dir=None):
     Raises:
         ExportError: without ``model.json`` or without a checkpoint.
     """
-    from ilnas_tf import train_loop
-
     description = read_model_description(root_dir)
     checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(root_dir, "checkpoints"))
     if not checkpoint:
         raise ExportError(f"no checkpoint in {os.path.join(root_dir, 'checkpoints')!r} to export")
     model = build_inference_model(description)
-    train_loop.restore_model_variables(model, checkpoint)
+    run_dir.restore_model_variables(model, checkpoint)
     output_dir = output_dir or os.path.join(root_dir, "export")
     os.makedirs(output_dir, exist_ok=True)
     shape, mean, std = description["image_shape"], description["mean"], description["std"]
@@ -195,9 +190,3 @@ def export_run(root_dir, checkpoint=None, output_dir=None):
     )
     keras_file = export_keras(model, os.path.join(output_dir, "model.keras"))
     return {"saved_model": saved_model, "keras": keras_file, "checkpoint": checkpoint}
-
-
-def keras_probabilities(model, images, mean, std):
-    """What the SavedModel computes, through the Keras model: ``(probabilities, logits)``."""
-    logits = tf.cast(model(preprocess(np.asarray(images), mean, std), training=False), tf.float32)
-    return tf.nn.softmax(logits).numpy(), logits.numpy()

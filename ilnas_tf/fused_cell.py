@@ -1,10 +1,10 @@
-"""A DARTS search cell with its edges batched: ``SearchCell``'s function with ~6x fewer graph ops.
+"""A DARTS search cell with its edges batched: ``SearchCell``'s function in far fewer graph ops.
 
-``SearchCell`` builds every candidate op of every edge as its own Keras layer (14 edges x 7
-ops, ~180 kernels per cell), so the graph of an exact second-order hypergradient holds
-~10^5 ops and compiles for minutes. ``FusedSearchCell`` has the same parameters, initialised
-the same way, and computes the same function (float64 agreement ~1e-15), but evaluates the
-edges in *waves* of stacked tensors:
+``search_cell.SearchCell`` builds every candidate op of every edge as its own Keras layer (14
+edges x 7 ops per cell), so the graph of an exact second-order hypergradient is large and slow
+to compile. ``FusedSearchCell`` has the same parameters, initialised the same way, and computes
+the same function (to float64 round-off), but evaluates the edges in *waves* of stacked
+tensors (measurements: ``docs/benchmarks.md``):
 
 * wave 0: every edge leaving state 0 or 1 (``2 * steps`` edges, the stride-2 edges of a
   reduction cell); wave ``w > 0``: the ``steps - w`` edges leaving node ``w - 1`` (state
@@ -18,7 +18,7 @@ edges in *waves* of stacked tensors:
   a wave is one ``depthwise_conv2d`` per kernel-size group (channel multiplier = edges per
   source x op types, so the sources are never tiled; see ``depthwise_grouping``), likewise the
   second depthwise convolution of the separable convs. The pointwise convolutions of all edges
-  and op types of a stage are one batched ``matmul`` (~3x faster on CPU than ``einsum``, which
+  and op types of a stage are one batched ``matmul`` (faster on CPU than ``einsum``, which
   is also much slower to differentiate). All batch norms of a stage (conv outputs, pools,
   ``FactorizedReduce``) are one ``ops.batch_norm`` over the concatenated channels (statistics
   are per channel, so this equals separate batch norms). That leaves two batch norms per wave,
@@ -42,8 +42,16 @@ Parameters (``kernels`` order; ``E`` = all edges in wave order, ``E0 = 2 * steps
 ``sep_conv_*`` ops, ``pointwise2`` ``[T2, E, C, C]``, and in a reduction cell
 ``factorized_reduce`` ``[2, E0, C, C // 2]`` (the two 1x1 kernels of each stride-2
 ``skip_connect``). Every slice is initialised like ``ops.py`` (PyTorch's default uniform with
-the per-edge fan-in). ``search_cell_kernels_to_fused`` / ``copy_weights_from_search_cell`` map
-``SearchCell`` kernels onto these.
+the per-edge fan-in).
+
+Per-edge op subsets (``edge_primitives``): an op then lives on the edges ``op_edges[op]``
+(wave positions) only, and only those kernels exist: ``<op>_depthwise*`` are
+``[k, k, C, len(op_edges[op])]``, ``factorized_reduce`` ``[2, len(reduce_skip_edges), C,
+C // 2]``, and, unless every conv op is on every edge, ``pointwise*`` are ``[P, C, C]`` with
+``P`` the (op, edge) pairs, op-major. The forward pass scatters them into the dense layout
+above with zero kernels elsewhere and gathers each (op, edge)'s mixing weight from its
+edge's column of that op (zero where the edge lacks it), so absent pairs contribute exactly
+zero; they are still computed (the dense layout's cost, whatever the subsets).
 
 Select it with ``SearchEncoder(..., cell_impl="fused")``.
 """
@@ -55,13 +63,9 @@ import numpy as np
 import tensorflow as tf
 
 from ilnas_tf import ops
-from ilnas_tf.search_space import SearchCellBase
+from ilnas_tf.search_cell import SearchCellBase
 
-__all__ = [
-    "FusedSearchCell",
-    "copy_weights_from_search_cell",
-    "search_cell_kernels_to_fused",
-]
+__all__ = ["FusedSearchCell"]
 
 # name -> (kernel size, dilation, separable). Separable ops have a second (stride-1) stage.
 _CONV_OPS = {
@@ -97,7 +101,7 @@ def _pointwise(x, kernel):
     """Per-(op, edge) 1x1 convolutions as one batched matmul: ``[T, E, NHW, C]`` and kernels
     ``[T, E, C, D]`` -> ``[NHW, D, T, E]`` (channels (d, t, e)).
 
-    An explicit transpose + ``matmul`` is ~3x faster on CPU than the equivalent ``einsum``.
+    An explicit transpose + ``matmul`` is faster on CPU than the equivalent ``einsum``.
     """
     return tf.transpose(tf.matmul(x, kernel), [2, 3, 0, 1])
 
@@ -106,7 +110,7 @@ def _depthwise(x, kernel, stride: int, pad: int):
     """``ops.depthwise_conv2d`` (undilated kernel): PyTorch's symmetric zero padding.
 
     (Explicit ``padding=[[0, 0], [p, p], [p, p], [0, 0]]`` would save the Pad op but runs on
-    TF's ~6x slower non-oneDNN CPU kernels.)
+    TF's much slower non-oneDNN CPU kernels.)
     """
     return ops.depthwise_conv2d(x, kernel, stride, pad)
 
@@ -117,6 +121,19 @@ def _pad_kernel(kernel, size: int):
     if pad == 0:
         return kernel
     return tf.pad(kernel, [[pad, pad], [pad, pad]] + [[0, 0]] * (len(kernel.shape) - 2))
+
+
+def _scatter(x, positions, size: int, axis: int):
+    """Places the slices of ``x`` along ``axis`` at ``positions`` of a zero tensor of ``size``
+    slices (``scatter_nd``: its gradient is dense, unlike ``gather``'s)."""
+    if len(positions) == size:
+        return x
+    perm = [axis] + [i for i in range(len(x.shape)) if i != axis]
+    moved = tf.transpose(x, perm) if axis else x
+    shape = [size] + [int(d) for d in moved.shape[1:]]
+    scattered = tf.scatter_nd(tf.constant([[p] for p in positions], tf.int32), moved, shape)
+    inverse = [perm.index(i) for i in range(len(perm))]
+    return tf.transpose(scattered, inverse) if axis else scattered
 
 
 def _runs(items, key):
@@ -142,18 +159,15 @@ class FusedSearchCell(SearchCellBase):
     # Which conv ops share one depthwise conv (zero taps added to smaller kernels are exact):
     # "exact": equal effective kernel sizes only (no extra FLOPs; sep_conv_5x5 + dil_conv_3x3);
     # "small" (default): all kernels up to 5x5 as 5x5, the dilated 5x5 (9x9) alone;
-    # "pad": every kernel of a stage padded to the largest (fewest ops, ~2.3x depthwise FLOPs).
-    # tools/benchmark_compile.py, 2-core CPU: C=4, 3 cells: 18.8k / 16.5k / 15.4k graph ops;
-    # C=8, 5 cells, batch 16: steady step 1.79 s / 1.64 s / 1.85 s (per_edge: 1.60 s).
+    # "pad": every kernel of a stage padded to the largest (fewest ops, most depthwise FLOPs).
+    # Graph sizes and step times of the three: docs/benchmarks.md.
     depthwise_grouping = "small"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if all(p == "none" for p in self.primitives):
+        present = {p for edge_ops in self.edge_ops for p in edge_ops}
+        if present <= {"none"}:
             raise ValueError(f"primitives need an op other than 'none', got {self.primitives}")
-        self.has_reduce_skip = self.reduction and "skip_connect" in self.primitives
-        if self.has_reduce_skip and self.channels % 2:
-            raise ValueError(f"a reduction cell needs an even channel count, got {self.channels}")
 
         # Static edge bookkeeping.
         self.reference_edges = [
@@ -169,10 +183,27 @@ class FusedSearchCell(SearchCellBase):
         self.wave_order = tuple(order)
         """``wave_order[j]``: reference index of the edge stored at wave position ``j``."""
 
-        self.conv_ops = [p for p in _CONV_OPS if p in self.primitives]
+        self.op_edges = {
+            p: tuple(j for j, i in enumerate(order) if p in self.edge_ops[i]) for p in present
+        }
+        """``op_edges[op]``: the wave positions of the edges that hold ``op``."""
+        self.reduce_skip_edges = (
+            tuple(j for j in self.op_edges.get("skip_connect", ()) if j < 2 * self.steps)
+            if self.reduction
+            else ()
+        )
+        """Wave positions of the stride-2 ``skip_connect`` (``FactorizedReduce``) edges."""
+        self.has_reduce_skip = bool(self.reduce_skip_edges)
+        if self.has_reduce_skip and self.channels % 2:
+            raise ValueError(f"a reduction cell needs an even channel count, got {self.channels}")
+        self.conv_ops = [p for p in _CONV_OPS if p in present]
         self.sep_ops = [p for p in self.conv_ops if _CONV_OPS[p][2]]
         self.dil_ops = [p for p in self.conv_ops if not _CONV_OPS[p][2]]
-        self.pool_ops = [p for p in _POOL_OPS if p in self.primitives]
+        self.pool_ops = [p for p in _POOL_OPS if p in present]
+        self.has_identity = "skip_connect" in present
+        # Pointwise kernels are [T, E, C, C] stacks when every conv op is on every edge, else
+        # [P, C, C] over the (op, edge) pairs that exist.
+        self.dense_pointwise = all(len(self.op_edges[p]) == len(order) for p in self.conv_ops)
         self.edge_kernels = []
         self._weight_index = [self._wave_weight_index(w) for w in range(self.steps)]
         flat_index = [i.ravel() for indices in self._weight_index for i in indices if i is not None]
@@ -194,12 +225,15 @@ class FusedSearchCell(SearchCellBase):
         outputs (k: (t, e)) and the identity input (k: s); ``m`` is target node ``wave + m``.
         """
         start, sources, per_source = self.waves[wave]
-        columns = len(self.primitives)
+        columns = len(self.edge_ops[0])
         zero = self.num_edges * columns
         stride = 2 if self.reduction and wave == 0 else 1
 
-        def flat(op, s, m):
-            return self.wave_order[start + s * per_source + m] * columns + self.primitives.index(op)
+        def flat(op, s, m):  # the (op, edge) weight's index, or the zero's
+            edge = self.wave_order[start + s * per_source + m]
+            if op not in self.edge_ops[edge]:
+                return zero
+            return edge * columns + self.edge_ops[edge].index(op)
 
         def per_edge_rows(op):  # rows (s, m'), columns m: the edge's weight where m' == m
             rows = np.full((len(sources), per_source, per_source), zero)
@@ -219,7 +253,7 @@ class FusedSearchCell(SearchCellBase):
             stage1.append(per_edge_rows("skip_connect"))
         stage1 += [per_source_rows(op) for op in self.pool_ops]
         stage2 = [per_edge_rows(op) for op in self.sep_ops]
-        identity = "skip_connect" in self.primitives and stride == 1
+        identity = self.has_identity and stride == 1
         return (
             np.concatenate(stage1) if stage1 else None,
             np.concatenate(stage2) if stage2 else None,
@@ -242,19 +276,25 @@ class FusedSearchCell(SearchCellBase):
     def kernel_specs(self):
         """``(name, shape, fan_in)`` of the cell's own (stacked) kernels, in ``kernels`` order."""
         c, e = self.channels, self.num_edges
+
+        def pointwise_shape(names):
+            if self.dense_pointwise:
+                return (len(names), e, c, c)
+            return (sum(len(self.op_edges[n]) for n in names), c, c)
+
         specs = []
         for name in self.conv_ops:
             k = _CONV_OPS[name][0]
-            specs.append((f"{name}_depthwise1", (k, k, c, e), k * k))
+            specs.append((f"{name}_depthwise1", (k, k, c, len(self.op_edges[name])), k * k))
         if self.conv_ops:
-            specs.append(("pointwise1", (len(self.conv_ops), e, c, c), c))
+            specs.append(("pointwise1", pointwise_shape(self.conv_ops), c))
         for name in self.sep_ops:
             k = _CONV_OPS[name][0]
-            specs.append((f"{name}_depthwise2", (k, k, c, e), k * k))
+            specs.append((f"{name}_depthwise2", (k, k, c, len(self.op_edges[name])), k * k))
         if self.sep_ops:
-            specs.append(("pointwise2", (len(self.sep_ops), e, c, c), c))
+            specs.append(("pointwise2", pointwise_shape(self.sep_ops), c))
         if self.has_reduce_skip:
-            specs.append(("factorized_reduce", (2, 2 * self.steps, c, c // 2), c))
+            specs.append(("factorized_reduce", (2, len(self.reduce_skip_edges), c, c // 2), c))
         return specs
 
     # ------------------------------------------------------------------ variables
@@ -295,9 +335,30 @@ class FusedSearchCell(SearchCellBase):
         sizes = [len(sources) * per_source * inner for _, sources, per_source in self.waves]
         return tf.split(x, sizes, axis=axis) if len(sizes) > 1 else [x]
 
+    def _dense_kernels(self, kernels):
+        """The cell's own kernels by name, in the dense layout (every op on every edge; zero
+        kernels where an edge lacks an op)."""
+        named = dict(zip([name for name, _, _ in self.kernel_specs()], kernels))
+        e = self.num_edges
+        for name in self.conv_ops:
+            for stage in ("1", "2") if name in self.sep_ops else ("1",):
+                key = f"{name}_depthwise{stage}"
+                named[key] = _scatter(named[key], self.op_edges[name], e, axis=3)
+        if not self.dense_pointwise:
+            for key, names in (("pointwise1", self.conv_ops), ("pointwise2", self.sep_ops)):
+                if names:
+                    positions = [t * e + j for t, n in enumerate(names) for j in self.op_edges[n]]
+                    dense = _scatter(named[key], positions, len(names) * e, axis=0)
+                    named[key] = tf.reshape(dense, [len(names), e, *dense.shape[1:]])
+        if self.has_reduce_skip:
+            named["factorized_reduce"] = _scatter(
+                named["factorized_reduce"], self.reduce_skip_edges, 2 * self.steps, axis=1
+            )
+        return named
+
     def _prepare(self, kernels):
         """Per-wave kernel tensors: stage-wise grouped depthwise kernels and pointwise stacks."""
-        named = dict(zip([name for name, _, _ in self.kernel_specs()], kernels))
+        named = self._dense_kernels(kernels)
         prepared = {"factorized_reduce": named.get("factorized_reduce")}
         for key in ("pointwise1", "pointwise2"):
             if key in named:
@@ -468,58 +529,3 @@ class FusedSearchCell(SearchCellBase):
             x = incoming[wave][0] if wave == 0 else tf.add_n(incoming[wave])
             nodes.append(x)
         return tf.concat(nodes[-self.multiplier :], axis=-1)
-
-    def _trace_key(self):
-        return super()._trace_key() + (self.depthwise_grouping,)
-
-
-# ----------------------------------------------------------------------------- conversion
-
-
-def search_cell_kernels_to_fused(fused_cell: FusedSearchCell, search_cell, values=None):
-    """Maps ``SearchCell`` kernel values (``search_cell.kernels`` order) to ``fused_cell.kernels``.
-
-    ``values`` defaults to the search cell's current kernels; any per-kernel tensors in that
-    order work (e.g. gradients, which map the same way). Returns numpy arrays.
-    """
-    if fused_cell.spec != search_cell.spec:
-        raise ValueError(f"cell specs differ: {fused_cell.spec} vs {search_cell.spec}")
-    if values is None:
-        values = search_cell.kernels
-    values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in values]
-    n_pre = len(search_cell.preprocess0.kernels) + len(search_cell.preprocess1.kernels)
-    result = values[:n_pre]
-    per_edge, offset = [], n_pre  # per reference edge: {primitive: [kernel values]}
-    for edge in search_cell.edges:
-        kernels = {}
-        for index, op in zip(edge.active, edge.candidates):
-            count = len(op.kernel_specs())
-            kernels[edge.primitives[index]] = values[offset : offset + count]
-            offset += count
-        per_edge.append(kernels)
-    if offset != len(values):
-        raise ValueError(f"expected {offset} kernel values, got {len(values)}")
-    dtype = values[0].dtype if values else np.float32
-    stacked = {name: np.zeros(shape, dtype) for name, shape, _ in fused_cell.kernel_specs()}
-    for j, i in enumerate(fused_cell.wave_order):
-        for t, name in enumerate(fused_cell.conv_ops):
-            kernels = per_edge[i][name]
-            stacked[f"{name}_depthwise1"][..., j] = kernels[0][..., 0]
-            stacked["pointwise1"][t, j] = kernels[1][0, 0]
-        for t, name in enumerate(fused_cell.sep_ops):
-            kernels = per_edge[i][name]
-            stacked[f"{name}_depthwise2"][..., j] = kernels[2][..., 0]
-            stacked["pointwise2"][t, j] = kernels[3][0, 0]
-        if fused_cell.has_reduce_skip and j < 2 * fused_cell.steps:
-            kernels = per_edge[i]["skip_connect"]
-            stacked["factorized_reduce"][0, j] = kernels[0][0, 0]
-            stacked["factorized_reduce"][1, j] = kernels[1][0, 0]
-    return result + [stacked[name] for name, _, _ in fused_cell.kernel_specs()]
-
-
-def copy_weights_from_search_cell(fused_cell: FusedSearchCell, search_cell) -> None:
-    """Assigns the per-edge kernels of a built ``SearchCell`` to a built ``FusedSearchCell``."""
-    for variable, value in zip(
-        fused_cell.kernels, search_cell_kernels_to_fused(fused_cell, search_cell)
-    ):
-        variable.assign(value)

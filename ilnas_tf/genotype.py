@@ -1,4 +1,9 @@
-"""DARTS cell genotypes: definition, validation, derivation from alphas and (de)serialization.
+"""The DARTS search-space layout and cell genotypes: definition, validation, derivation from
+alphas and (de)serialization.
+
+Layout shared by the supernet (``search_space``) and the evaluation networks (``network``):
+the candidate ops ``PRIMITIVES``, the edge count of a cell (``num_cell_edges``), the positions
+of the reduction cells (``reduction_layers``) and the stem width (``STEM_MULTIPLIER``).
 
 A genotype describes a normal and a reduction cell. Each cell has ``steps`` intermediate nodes and
 every node takes exactly two inputs, so a cell is a sequence of ``2 * steps`` ``(op_name, input)``
@@ -17,6 +22,8 @@ import os
 
 import numpy as np
 
+from ilnas_tf import validation
+
 PRIMITIVES = (
     "none",
     "max_pool_3x3",
@@ -34,13 +41,99 @@ CELL_NAMES = ("normal", "reduce")
 VALID_OPS = tuple(op for op in PRIMITIVES if op != "none")
 
 
+STEM_MULTIPLIER = 3
+"""The stem of every DARTS network outputs ``STEM_MULTIPLIER * channels`` channels."""
+
+
 def num_cell_edges(steps=4):
     """Returns the number of mixed edges in a search cell with ``steps`` intermediate nodes.
 
     Node ``i`` has ``i + 2`` incoming edges, so this is ``sum(i + 2 for i in range(steps))``
-    (14 for the default 4 steps).
+    (14 for the default 4 steps). Edges are ordered node-major: node 0's edges from states
+    0, 1, then node 1's from states 0, 1, 2, and so on.
     """
     return sum(i + 2 for i in range(steps))
+
+
+def reduction_layers(layers: int) -> tuple[int, int]:
+    """Indices of the two reduction cells of a ``layers``-cell network: ``layers // 3`` and
+    ``2 * layers // 3``."""
+    return (layers // 3, 2 * layers // 3)
+
+
+def softmax(logits):
+    """Softmax over the last axis of an array (NumPy, float64), e.g. ``[edges, ops]`` alphas."""
+    logits = np.asarray(logits, np.float64)
+    shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
+    return shifted / np.sum(shifted, axis=-1, keepdims=True)
+
+
+def check_cell_edge_primitives(name, value, primitives=PRIMITIVES, steps=4):
+    """Validates one cell's per-edge candidate-op subsets.
+
+    Args:
+        name: The argument's name in messages.
+        value: ``None`` (every edge has all ``primitives``) or a sequence of
+            ``num_cell_edges(steps)`` sequences of op names, one per edge (node-major edge
+            order): unique names from ``primitives``, not only ``'none'``, the same number on
+            every edge.
+        primitives: The op names an edge may use.
+        steps: Intermediate nodes per cell.
+
+    Returns:
+        ``None`` or a tuple of tuples of str.
+
+    Raises:
+        ValueError: In the format of :mod:`ilnas_tf.validation`.
+    """
+    if value is None:
+        return None
+    cell = validation.check_sequence(name, value, length=num_cell_edges(steps))
+    subsets = []
+    for e, subset in enumerate(cell):
+        subset = validation.check_sequence(f"{name}[{e}]", subset, min_length=1)
+        if (
+            not all(isinstance(p, str) and p in primitives for p in subset)
+            or len(set(subset)) != len(subset)
+            or all(p == "none" for p in subset)
+        ):
+            validation.fail(
+                f"{name}[{e}]", subset, f"unique op names from {list(primitives)}, not only 'none'"
+            )
+        subsets.append(tuple(subset))
+    if len({len(subset) for subset in subsets}) != 1:
+        validation.fail(name, value, "the same number of ops on every edge")
+    return tuple(subsets)
+
+
+def check_edge_primitives(name, value, primitives=PRIMITIVES, steps=4):
+    """Validates per-edge candidate-op subsets of both cells (P-DARTS prunes the candidates
+    between its stages).
+
+    Args:
+        name: The argument's name in messages.
+        value: ``None`` (every edge has all ``primitives``) or a pair ``(normal, reduce)`` of
+            cells' subsets (see :func:`check_cell_edge_primitives`), with the same number of ops
+            on every edge of both cells.
+        primitives: The op names an edge may use.
+        steps: Intermediate nodes per cell.
+
+    Returns:
+        ``None`` or ``(normal, reduce)`` as tuples of tuples of str.
+
+    Raises:
+        ValueError: In the format of :mod:`ilnas_tf.validation`.
+    """
+    if value is None:
+        return None
+    cells = validation.check_sequence(name, value, length=2)
+    result = tuple(
+        check_cell_edge_primitives(f"{name}[{i}]", cell, primitives, steps)
+        for i, cell in enumerate(cells)
+    )
+    if len(result[0][0]) != len(result[1][0]):
+        validation.fail(name, value, "the same number of ops on every edge of both cells")
+    return result
 
 
 def _as_sequence(value, where):
@@ -285,20 +378,14 @@ def _literal_argument(name, node):
     raise ValueError(f"{name}: expected a literal list, got {value!r}")
 
 
-def _softmax(logits):
-    shifted = logits - np.max(logits, axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / np.sum(exp, axis=-1, keepdims=True)
-
-
-def _derive_cell(name, alpha, edge_weight, primitives, steps):
-    expected = (num_cell_edges(steps), len(primitives))
+def _derive_cell(name, alpha, edge_weight, edge_ops, steps):
+    expected = (num_cell_edges(steps), len(edge_ops[0]))
     alpha = np.asarray(alpha, dtype=np.float64)
     if alpha.shape != expected:
         raise ValueError(f"{name} has shape {alpha.shape}; expected {expected}")
     if not np.all(np.isfinite(alpha)):
         raise ValueError(f"{name} contains non-finite values")
-    weights = _softmax(alpha)
+    weights = softmax(alpha)
     if edge_weight is not None:
         edge_weight = np.asarray(edge_weight, dtype=np.float64)
         if edge_weight.shape != (expected[0],):
@@ -306,20 +393,25 @@ def _derive_cell(name, alpha, edge_weight, primitives, steps):
                 f"edge weight for {name} has shape {edge_weight.shape}; expected ({expected[0]},)"
             )
         weights = weights * edge_weight[:, None]
-    none_index = primitives.index("none") if "none" in primitives else None
-    candidates = [k for k in range(len(primitives)) if k != none_index]
+    # Per edge: the columns of its ops other than 'none' (never part of a genotype).
+    candidates = [[k for k, op in enumerate(ops) if op != "none"] for ops in edge_ops]
     gene = []
     start = 0
     for node in range(steps):
         node_weights = weights[start : start + node + 2]
+        node_candidates = candidates[start : start + node + 2]
+
+        def strength(j, w=node_weights, c=node_candidates):
+            return max(w[j][k] for k in c[j])
+
         # Stable sort: equal strengths keep the lower input index first.
-        ranked = sorted(range(node + 2), key=lambda j: -max(node_weights[j][k] for k in candidates))
+        ranked = sorted(range(node + 2), key=lambda j: -strength(j))
         for j in ranked[:2]:
-            best = candidates[0]
-            for k in candidates:
+            best = node_candidates[j][0]
+            for k in node_candidates[j]:
                 if node_weights[j][k] > node_weights[j][best]:
                     best = k
-            gene.append((primitives[best], j))
+            gene.append((edge_ops[start + j][best], j))
         start += node + 2
     return gene
 
@@ -333,6 +425,7 @@ def derive_genotype(
     multiplier=4,
     edge_weight_normal=None,
     edge_weight_reduce=None,
+    edge_primitives=None,
 ):
     """Derives the discrete genotype from architecture logits, as the reference DARTS does.
 
@@ -350,6 +443,10 @@ def derive_genotype(
         multiplier: Number of last states concatenated into the cell output.
         edge_weight_normal: Optional 1-D per-edge weights of length ``num_cell_edges(steps)``.
         edge_weight_reduce: Optional 1-D per-edge weights of length ``num_cell_edges(steps)``.
+        edge_primitives: ``None`` (column ``j`` of every edge is ``primitives[j]``) or per-edge
+            op subsets ``(normal, reduce)`` (see :func:`check_edge_primitives`): column ``j`` of
+            edge ``e`` of the normal cell is ``edge_primitives[0][e][j]``; ``'none'`` is
+            excluded per edge as above.
 
     Returns:
         The derived :class:`Genotype` with concat ``range(2 + steps - multiplier, steps + 2)``.
@@ -369,8 +466,12 @@ def derive_genotype(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 1 <= multiplier <= steps:
         raise ValueError(f"multiplier {multiplier} out of range; expected an int in [1, {steps}]")
-    normal = _derive_cell("alpha_normal", alpha_normal, edge_weight_normal, primitives, steps)
-    reduce = _derive_cell("alpha_reduce", alpha_reduce, edge_weight_reduce, primitives, steps)
+    edge_primitives = check_edge_primitives("edge_primitives", edge_primitives, primitives, steps)
+    if edge_primitives is None:
+        edge_primitives = ((primitives,) * num_cell_edges(steps),) * 2
+    normal_ops, reduce_ops = edge_primitives
+    normal = _derive_cell("alpha_normal", alpha_normal, edge_weight_normal, normal_ops, steps)
+    reduce = _derive_cell("alpha_reduce", alpha_reduce, edge_weight_reduce, reduce_ops, steps)
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
 
@@ -428,17 +529,6 @@ NAMED_GENOTYPES = {
     "PRDARTS": PRDARTS,
 }
 """Published genotypes by (case-sensitive) name."""
-
-
-def get_genotype(name):
-    """Returns the published genotype called ``name`` (a key of :data:`NAMED_GENOTYPES`).
-
-    Raises:
-        ValueError: If ``name`` is unknown; the message lists the known names.
-    """
-    if name not in NAMED_GENOTYPES:
-        raise ValueError(f"unknown genotype name {name!r}; known names: {list(NAMED_GENOTYPES)}")
-    return NAMED_GENOTYPES[name]
 
 
 def load_genotype(spec):

@@ -18,10 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ilnas_tf import search_space
 
-
-def flatten(tensors, dtype=None):
+def flatten(tensors):
     """Concatenates tensors into one 1-D tensor."""
     return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
@@ -81,9 +79,8 @@ class Learner:
         self.image_shape = tuple(int(d) for d in image_shape)
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}")
-        primitives = len(encoder.primitives)
-        uniform = tf.fill([search_space.num_edges(encoder.steps), primitives], 1.0 / primitives)
-        uniform = tf.cast(uniform, encoder.compute_dtype)
+        edges, num_ops = encoder.mixing_shape
+        uniform = tf.fill([edges, num_ops], tf.constant(1.0 / num_ops, encoder.compute_dtype))
         dummy = tf.zeros((2,) + self.image_shape, encoder.compute_dtype)
         head(encoder(dummy, uniform, uniform))
         self.encoder_layout = FlatLayout(encoder.trainable_variables)
@@ -128,7 +125,12 @@ class Learner:
         return tf.reduce_sum(per_example) / global_batch, logits
 
     def sync_layers(self, state_index=-1):
-        """Copies a state's flat weights into the Keras layers (for export and inspection)."""
+        """Copies a state's flat weights into the Keras encoder and head layers.
+
+        Only the flat ``states`` train; call this (or ``InterleavingEngine.sync_layers``) to
+        read trained weights through the layers, e.g. to save or reuse a trained encoder.
+        ``state_index``: which weight copy (the last round's by default).
+        """
         state = self.states[state_index]
         for var, value in zip(
             self.encoder.trainable_variables,

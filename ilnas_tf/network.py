@@ -51,7 +51,8 @@ import keras
 import tensorflow as tf
 
 from ilnas_tf import genotype as genotype_lib
-from ilnas_tf import ops
+from ilnas_tf import ops, validation
+from ilnas_tf.genotype import STEM_MULTIPLIER, reduction_layers
 
 __all__ = [
     "AuxiliaryHeadCIFAR",
@@ -62,20 +63,13 @@ __all__ = [
     "NetworkImageNet",
     "count_parameters",
     "drop_path",
-    "reduction_layers",
     "resolve_genotype",
 ]
 
-STEM_MULTIPLIER = 3
 AUXILIARY_CHANNELS = (128, 768)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def reduction_layers(layers: int) -> tuple[int, int]:
-    """Indices of the two reduction cells: ``layers // 3`` and ``2 * layers // 3``."""
-    return (layers // 3, 2 * layers // 3)
 
 
 def resolve_genotype(genotype) -> genotype_lib.Genotype:
@@ -106,17 +100,10 @@ def resolve_genotype(genotype) -> genotype_lib.Genotype:
 
 
 def _check_rate(name: str, value) -> float:
+    """A drop-path rate: a number in ``[0, 1)``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        validation.fail(name, value, "a number >= 0 and < 1")
     return float(value)
-
-
-def _check_seed(seed):
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _halve(size):
@@ -202,12 +189,12 @@ class Cell(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.genotype = resolve_genotype(genotype)
-        self.c_prev_prev = ops._check_positive_int("c_prev_prev", c_prev_prev)
-        self.c_prev = ops._check_positive_int("c_prev", c_prev)
-        self.channels = ops._check_positive_int("channels", channels)
+        self.c_prev_prev = validation.check_int("c_prev_prev", c_prev_prev, minimum=1)
+        self.c_prev = validation.check_int("c_prev", c_prev, minimum=1)
+        self.channels = validation.check_int("channels", channels, minimum=1)
         self.reduction = bool(reduction)
         self.reduction_prev = bool(reduction_prev)
-        self.seed = _check_seed(seed)
+        self.seed = validation.check_optional(validation.check_int, "seed", seed, minimum=0)
         # Allow ``cell(s0, s1, 0.2)``: Keras otherwise rejects a Python float positionally.
         self._allow_non_tensor_positional_args = True
         dtype = self.dtype_policy
@@ -318,7 +305,7 @@ class _AuxiliaryHead(keras.layers.Layer):
 
     def __init__(self, num_classes, **kwargs):
         super().__init__(**kwargs)
-        self.num_classes = ops._check_positive_int("num_classes", num_classes)
+        self.num_classes = validation.check_int("num_classes", num_classes, minimum=1)
         hidden, features = AUXILIARY_CHANNELS
         dtype = self.dtype_policy
 
@@ -477,25 +464,23 @@ class _Network(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.channels = ops._check_positive_int("channels", channels)
-        self.num_classes = ops._check_positive_int("num_classes", num_classes)
-        self.num_layers = ops._check_positive_int("layers", layers)
+        self.channels = validation.check_int("channels", channels, minimum=1)
+        self.num_classes = validation.check_int("num_classes", num_classes, minimum=1)
+        self.num_layers = validation.check_int("layers", layers, minimum=1)
         if self.num_layers < 3:
-            raise ValueError(
-                f"layers must be >= 3 (the reduction cells layers // 3 and 2 * layers // 3 "
-                f"must be distinct and follow a normal cell), got {layers!r}"
+            validation.fail(
+                "layers",
+                layers,
+                "an integer >= 3 (the reduction cells layers // 3 and 2 * layers // 3 must be "
+                "distinct and follow a normal cell)",
             )
         self.auxiliary = bool(auxiliary)
         self.genotype = resolve_genotype(genotype)
         initial_rate = _check_rate("drop_path_rate", drop_path_rate)
-        if (
-            isinstance(auxiliary_weight, bool)
-            or not isinstance(auxiliary_weight, numbers.Real)
-            or not auxiliary_weight >= 0
-        ):
-            raise ValueError(f"auxiliary_weight must be a number >= 0, got {auxiliary_weight!r}")
-        self.auxiliary_weight = float(auxiliary_weight)
-        self.seed = _check_seed(seed)
+        self.auxiliary_weight = validation.check_number(
+            "auxiliary_weight", auxiliary_weight, minimum=0.0
+        )
+        self.seed = validation.check_optional(validation.check_int, "seed", seed, minimum=0)
         self.reductions = reduction_layers(self.num_layers)
         self.auxiliary_index = 2 * self.num_layers // 3
         dtype = self.dtype_policy
@@ -759,7 +744,7 @@ class NetworkImageNet(_Network):
         seed=None,
         **kwargs,
     ):
-        channels = ops._check_positive_int("channels", channels)
+        channels = validation.check_int("channels", channels, minimum=1)
         if channels % 2:
             raise ValueError(f"NetworkImageNet needs an even channels, got {channels}")
         super().__init__(

@@ -7,9 +7,9 @@ stride-2 skip connections, 3x3 pools, and PyTorch's symmetric padding (TF's ``"S
 padding is asymmetric for stride 2, so stride-2 ops pad explicitly).
 
 Every op is a Keras layer that owns its convolution kernels and calls a *pure* ``forward``
-method that receives those kernels as tensors. The search network uses ``forward`` directly so
-that a whole cell can be traced once as a function of (weights, inputs) and reused for every
-cell of the same shape; the layers' ``call`` simply passes their own variables.
+method that receives those kernels as tensors. The search cells call ``forward`` directly, so
+a whole cell is a pure function of (kernels, inputs, mixing weights) that can be evaluated at
+substituted weights; the layers' ``call`` simply passes their own variables.
 
 Batch normalisation:
   * ``affine=True`` (evaluation networks): a ``keras.layers.BatchNormalization`` with
@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ilnas_tf import validation
 from ilnas_tf.genotype import PRIMITIVES
 
 BN_EPSILON = 1e-5
@@ -210,18 +211,6 @@ def avg_pool_3x3(x, stride: int):
 # ----------------------------------------------------------------------------- layers
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_stride(stride) -> int:
-    if stride not in (1, 2) or isinstance(stride, bool):
-        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-    return int(stride)
-
-
 @keras.saving.register_keras_serializable(package="ilnas_tf")
 class DartsOp(keras.layers.Layer):
     """Base class: owns conv kernels and ``num_norms`` batch norms, calls ``forward``.
@@ -232,9 +221,9 @@ class DartsOp(keras.layers.Layer):
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, affine: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.c_in = _check_positive_int("c_in", c_in)
-        self.c_out = _check_positive_int("c_out", c_out)
-        self.stride = _check_stride(stride)
+        self.c_in = validation.check_int("c_in", c_in, minimum=1)
+        self.c_out = validation.check_int("c_out", c_out, minimum=1)
+        self.stride = validation.check_int("stride", stride, minimum=1, maximum=2)
         self.affine = bool(affine)
         self.kernels = []
         self.norms = (
@@ -296,10 +285,8 @@ class ReLUConvBN(DartsOp):
     """ReLU -> k x k conv (no bias) -> BN."""
 
     def __init__(self, c_in, c_out, kernel_size=1, stride=1, padding=0, affine=True, **kwargs):
-        self.kernel_size = _check_positive_int("kernel_size", kernel_size)
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
-        self.padding = padding
+        self.kernel_size = validation.check_int("kernel_size", kernel_size, minimum=1)
+        self.padding = validation.check_int("padding", padding, minimum=0)
         super().__init__(c_in, c_out, stride, affine, **kwargs)
 
     def kernel_specs(self):
@@ -333,8 +320,8 @@ class DilConv(DartsOp):
     def __init__(
         self, c_in, c_out, kernel_size=3, stride=1, padding=2, dilation=2, affine=True, **kwargs
     ):
-        self.kernel_size = _check_positive_int("kernel_size", kernel_size)
-        self.dilation = _check_positive_int("dilation", dilation)
+        self.kernel_size = validation.check_int("kernel_size", kernel_size, minimum=1)
+        self.dilation = validation.check_int("dilation", dilation, minimum=1)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         if padding != (self.kernel_size - 1) * self.dilation // 2:
@@ -372,7 +359,7 @@ class SepConv(DartsOp):
     """Two stacked (ReLU -> depthwise k x k -> pointwise 1x1 -> BN) blocks; stride in the first."""
 
     def __init__(self, c_in, c_out, kernel_size=3, stride=1, padding=1, affine=True, **kwargs):
-        self.kernel_size = _check_positive_int("kernel_size", kernel_size)
+        self.kernel_size = validation.check_int("kernel_size", kernel_size, minimum=1)
         if self.kernel_size % 2 == 0 or padding != (self.kernel_size - 1) // 2:
             raise ValueError(
                 f"SepConv needs an odd kernel_size and padding (kernel_size - 1) // 2, got "
@@ -411,7 +398,7 @@ class FactorizedReduce(DartsOp):
 
     def __init__(self, c_in, c_out, affine=True, **kwargs):
         kwargs.pop("stride", None)
-        c_out = _check_positive_int("c_out", c_out)
+        c_out = validation.check_int("c_out", c_out, minimum=1)
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even c_out, got {c_out}")
         super().__init__(c_in, c_out, 2, affine, **kwargs)
@@ -490,7 +477,7 @@ OPS = {
     "avg_pool_3x3": lambda c, stride, affine, **kw: AvgPool(c, c, stride, affine, **kw),
     "skip_connect": lambda c, stride, affine, **kw: (
         Identity(c, c, 1, affine, **kw)
-        if _check_stride(stride) == 1
+        if validation.check_int("stride", stride, minimum=1, maximum=2) == 1
         else FactorizedReduce(c, c, affine=affine, **kw)
     ),
     "sep_conv_3x3": lambda c, stride, affine, **kw: SepConv(c, c, 3, stride, 1, affine, **kw),
@@ -505,4 +492,9 @@ def make_op(primitive: str, channels: int, stride: int, affine: bool, **layer_kw
     """Builds candidate op ``primitive``; unknown names raise a ``ValueError``."""
     if primitive not in OPS:
         raise ValueError(f"unknown op {primitive!r}; expected one of {list(OPS)}")
-    return OPS[primitive](channels, _check_stride(stride), affine, **layer_kwargs)
+    return OPS[primitive](
+        channels,
+        validation.check_int("stride", stride, minimum=1, maximum=2),
+        affine,
+        **layer_kwargs,
+    )

@@ -6,9 +6,10 @@ Flags: ``--gin_file`` (repeatable; default ``gin/demo.gin``, the embedded synthe
 overrides ``run_search.strategy``). Rerunning the same command resumes from the latest
 checkpoint in ``root_dir``. Outputs are described in ``search_loop``.
 
-Every hyperparameter is a keyword of the gin-configurable ``run_search``; the loop object
-(``search_loop.SearchLoop``) owns strategy, summaries and checkpoints; the engine
-(``engine.InterleavingEngine``) owns the step math.
+The data, supernet and schedule are keywords of the gin-configurable ``run_search``; the
+algorithm's hyperparameters are ``engine.InterleavingConfig``'s (``InterleavingConfig.rounds =
+2``). ``run_loop.RunLoop`` owns strategy, summaries and checkpoints and drives a
+``search_loop.SearchTask``; the engine (``engine.InterleavingEngine``) owns the step math.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, logging
+from absl import flags, logging
 
 import gin
-from ilnas_tf import cli
+from ilnas_tf import cli, validation
 
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags
 EVAL_BATCH_SIZE = 250  # the final search-val evaluation (forward passes only)
 DEMO_GIN = os.path.join(cli.REPO_ROOT, "gin", "demo.gin")
 
@@ -38,25 +40,11 @@ def run_search(
     cell_impl="fused",
     batch_size=64,
     epochs=50,
+    warmup_epochs=0,
     steps_per_epoch=None,
     max_steps=None,
-    mode="exact",
-    rounds=1,
-    interleave_order=None,
-    proximal_strength=0.0,
-    transfer="proximal",
-    unroll_steps=1,
-    weights_per_stage=False,
-    val_loss_weights=None,
-    train_loss_weights=None,
     learning_rate=0.025,
     learning_rate_min=0.001,
-    momentum=0.9,
-    weight_decay=3e-4,
-    grad_clip=5.0,
-    arch_learning_rate=3e-4,
-    arch_weight_decay=1e-3,
-    fd_scale=0.01,
     seed=0,
     deterministic=False,
     strategy="default",
@@ -66,40 +54,65 @@ def run_search(
 ):
     """Runs (or resumes) an interleaving-learning architecture search.
 
+    The algorithm's hyperparameters (K=len(datasets) aside) are ``engine.InterleavingConfig``'s,
+    bound in gin: ``InterleavingConfig.rounds = 2``, ``InterleavingConfig.mode = 'exact'``,
+    ``InterleavingConfig.proximal_strength``, ``.momentum``, ``.arch_learning_rate``, ...
+    (defaults in one place: the dataclass). ``InterleavingConfig.num_learners`` is not
+    bindable: it is the number of ``datasets``.
+
     Args:
-      root_dir: output directory.
+      root_dir: output directory (layout in ``search_loop``).
       datasets: one ``data.DATASETS`` name per learner (K = its length), in learner order.
       data_dir: TFDS data dir (default: TFDS' default).
-      split: ``"paper"`` (training set halved into search-train/search-val) or ``"ablation"``.
+      split: ``"paper"`` (training set halved into search-train/search-val) or ``"ablation"``
+        (45% / 45% / 10% held out; the final evaluation then also reports each learner's
+        accuracy on the holdout: ``holdout_accuracy`` in results.json).
       image_size: square input size (default: the datasets' own).
       channels, layers, nodes, cell_impl: the supernet (C, cells, intermediate nodes per cell,
         ``"fused"`` or ``"per_edge"`` cells).
       batch_size: global batch size of every learner's train and val batches.
-      epochs: epochs of the learning-rate schedule.
+      epochs: epochs in all (warm-up included); the cosine learning-rate schedule spans them.
+      warmup_epochs: first epochs that train the weights only (the architecture is fixed):
+        the schedule is ``[Phase('warmup', warmup_epochs, update_architecture=False),
+        Phase('search', epochs - warmup_epochs)]``.
       steps_per_epoch: iterations per epoch (default: the first learner's search-train
         examples // batch_size, DARTS' ``len(train_queue)``).
       max_steps: stop after this many iterations (default: all ``epochs``).
-      mode, rounds, interleave_order, proximal_strength, transfer, unroll_steps,
-        weights_per_stage, val_loss_weights, train_loss_weights, momentum, weight_decay,
-        grad_clip, arch_learning_rate, arch_weight_decay, fd_scale: ``engine.InterleavingConfig``.
       learning_rate, learning_rate_min: the learners' cosine schedule (per epoch).
       seed: seed of the initial weights, alphas and data streams.
       deterministic: enable TensorFlow op determinism (reproducible kill-and-resume).
       strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (TF_CONFIG).
-      summary_every_steps, checkpoint_every_steps, max_to_keep: outputs (see ``SearchLoop``).
+      summary_every_steps, checkpoint_every_steps, max_to_keep: outputs (see
+        ``run_loop.RunLoop``).
 
     Returns:
-      The results dict written to ``root_dir/results.json``.
+      The results dict written to ``root_dir/results.json``. The trained weights are in
+      ``root_dir/checkpoints``. In Python, a trained encoder is ``task.engine.learners[k]
+      .encoder`` of a ``search_loop.SearchTask`` after ``run_loop.RunLoop(task, ...).run()``
+      (which ends with ``engine.sync_layers()``, copying the flat trained weights into the
+      Keras layers); with an engine of your own, call ``engine.sync_layers()`` and read
+      ``learner.encoder``.
     """
     import keras
     import tensorflow as tf
 
-    from ilnas_tf import data, engine, learner, search_loop, search_space
+    from ilnas_tf import (
+        data,
+        distribution,
+        engine,
+        learner,
+        run_dir,
+        run_loop,
+        search_loop,
+        search_space,
+    )
 
-    distribution = search_loop.make_strategy(strategy)
-    if not datasets:
-        raise ValueError(f"datasets must name at least one learner's dataset, got {datasets!r}")
-    cli.check_root_dir(root_dir)
+    validation.check_sequence("run_search.datasets", datasets, min_length=1)
+    epochs = validation.check_int("run_search.epochs", epochs, 1)
+    warmup_epochs = validation.check_int("run_search.warmup_epochs", warmup_epochs, 0, epochs)
+    _refuse_num_learners_binding()
+    strategy_object = distribution.make_strategy(strategy)
+    run_dir.check_root_dir(root_dir)
     print(f"root_dir: {root_dir}", flush=True)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -114,52 +127,35 @@ def run_search(
             f"learners must share one image shape (they share one encoder architecture); got "
             f"{shapes}: set run_search.image_size"
         )
-    config = engine.InterleavingConfig(
-        num_learners=len(datasets),
-        rounds=rounds,
-        interleave_order=interleave_order,
-        proximal_strength=proximal_strength,
-        transfer=transfer,
-        mode=mode,
-        unroll_steps=unroll_steps,
-        weights_per_stage=weights_per_stage,
-        val_loss_weights=val_loss_weights,
-        train_loss_weights=train_loss_weights,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        arch_learning_rate=arch_learning_rate,
-        arch_weight_decay=arch_weight_decay,
-        fd_scale=fd_scale,
-    )
+    config = engine.InterleavingConfig(num_learners=len(datasets))  # the rest from gin
 
-    def streams(step=0, with_counts=False):
-        """Each learner's (train, val) streams, positioned for a run resuming at ``step``."""
+    def streams(step=0):
+        """Each learner's ``data.SearchData``, positioned for a run resuming at ``step``."""
         result = []
         for k, name in enumerate(datasets):
             stages = sum(1 for _, owner in config.stages if owner == k)
-            search = data.search_datasets(
-                name,
-                batch_size,
-                split=split,
-                data_dir=data_dir,
-                seed=seed + 1000 * k,
-                image_size=image_size,
-                start_batch=(step * stages, step),
+            result.append(
+                data.search_datasets(
+                    name,
+                    batch_size,
+                    split=split,
+                    data_dir=data_dir,
+                    seed=seed + 1000 * k,
+                    image_size=image_size,
+                    start_batch=(step * stages, step),
+                )  # fmt: skip
             )
-            result.append((search.train, search.val, search.num_train) if with_counts else
-                          (search.train, search.val))  # fmt: skip
         return result
 
-    first = streams(with_counts=True)  # validates every dataset before building anything
+    first = streams()  # validates every dataset before building anything
 
     def make_streams(step):
         # A fresh run reads the streams built above (in-memory splits are loaded once).
-        return [(train, val) for train, val, _ in first] if step == 0 else streams(step)
+        return [(s.train, s.val) for s in (first if step == 0 else streams(step))]
 
-    per_epoch = steps_per_epoch or max(1, first[0][2] // batch_size)
+    per_epoch = steps_per_epoch or max(1, first[0].num_train // batch_size)
     names = [f"{name.replace('/', '_')}_{k}" for k, name in enumerate(datasets)]
-    with distribution.scope():
+    with strategy_object.scope():
         architecture = search_space.Architecture(steps=nodes, name="architecture")
         learners = [
             learner.Learner(
@@ -174,16 +170,22 @@ def run_search(
                 search_space.ClassifierHead(spec.num_classes, name=f"head_{k}"),
                 shapes[datasets[k]],
                 name=names[k],
-                num_states=rounds if weights_per_stage else 1,
+                num_states=config.rounds if config.weights_per_stage else 1,
             )  # fmt: skip
             for k, spec in enumerate(specs)
         ]
         search_engine = engine.InterleavingEngine(architecture, learners, config)
+    phases = [
+        run_loop.Phase("warmup", warmup_epochs, update_architecture=False),
+        run_loop.Phase("search", epochs - warmup_epochs),
+    ]
     print(
         f"supernet C={channels}, {layers} cells, {nodes} nodes; K={len(datasets)} learners "
-        f"({', '.join(datasets)}), M={rounds} rounds, mode={mode}, lambda={proximal_strength}; "
-        f"{per_epoch} steps/epoch x {epochs} epochs on {distribution.num_replicas_in_sync} "
-        f"replica(s)" + (f" (stopping after {max_steps} steps)" if max_steps else ""),
+        f"({', '.join(datasets)}), M={config.rounds} rounds, mode={config.mode}, "
+        f"lambda={config.proximal_strength}; {per_epoch} steps/epoch x {epochs} epochs"
+        + (f" ({warmup_epochs} weight-only warm-up)" if warmup_epochs else "")
+        + f" on {strategy_object.num_replicas_in_sync} replica(s)"
+        + (f" (stopping after {max_steps} steps)" if max_steps else ""),
         flush=True,
     )
     for name, item in zip(names, learners):
@@ -192,43 +194,27 @@ def run_search(
             "head weights",
             flush=True,
         )
-
-    def evaluate():
-        accuracies = []
-        val_slice = data.SEARCH_SPLITS[split][1]
-        for k, (name, spec) in enumerate(zip(datasets, specs)):
-            item = learners[k]
-            state = item.states[-1]
-            batches = data.eval_dataset(
-                name, EVAL_BATCH_SIZE, split=spec.train_split + val_slice, data_dir=data_dir,
-                image_size=image_size,
-            )  # fmt: skip
-
-            @tf.function
-            def correct(images, labels, item=item, state=state):
-                mixing = architecture.mixing_weights(*architecture.alphas)
-                logits = item.logits(state.encoder_weights, state.head_weights, mixing, images)
-                predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-                return tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int64))
-
-            hits = count = 0
-            for images, labels in batches:
-                hits += int(correct(images, labels))
-                count += int(labels.shape[0])
-            accuracies.append(hits / max(count, 1))
-        return accuracies
-
-    loop = search_loop.SearchLoop(
+    task = search_loop.SearchTask(
         root_dir=root_dir,
-        strategy=distribution,
         engine=search_engine,
+        strategy=strategy_object,
         make_streams=make_streams,
-        evaluate=evaluate,
+        evaluations=_evaluations(
+            data, datasets, specs, first, split, batch_size, data_dir, image_size
+        ),
         learner_names=names,
         epochs=epochs,
-        steps_per_epoch=per_epoch,
         learning_rate=learning_rate,
         learning_rate_min=learning_rate_min,
+        batch_size=batch_size,
+        chief=distribution.is_chief(strategy_object),
+    )
+    loop = run_loop.RunLoop(
+        task,
+        root_dir=root_dir,
+        strategy=strategy_object,
+        phases=phases,
+        steps_per_epoch=per_epoch,
         summary_every_steps=summary_every_steps,
         checkpoint_every_steps=checkpoint_every_steps,
         max_to_keep=max_to_keep,
@@ -236,13 +222,15 @@ def run_search(
     )
     config_path = os.path.join(root_dir, "operative_config.gin")
     if loop.chief:  # the bound configuration now, the operative one once the run has used it
-        search_loop.write_atomically(config_path, gin.config_str())
+        run_dir.write_atomically(config_path, gin.config_str())
     results = loop.run()
     if loop.chief:
-        search_loop.write_atomically(config_path, gin.operative_config_str())
+        run_dir.write_atomically(config_path, gin.operative_config_str())
     print(f"final genotype: {results['genotype']}")
     for name, accuracy in results["search_val_accuracy"].items():
         print(f"learner {name}: search-val accuracy {accuracy:.3f}")
+    for name, accuracy in results.get("holdout_accuracy", {}).items():
+        print(f"learner {name}: holdout accuracy {accuracy:.3f}")
     print(
         f"outputs in {root_dir}: genotype.json / genotype.dot, genotypes/ (per epoch), "
         f"checkpoints/, results.json; TensorBoard: tensorboard --logdir {root_dir}/summaries"
@@ -251,17 +239,62 @@ def run_search(
     return results
 
 
+def _refuse_num_learners_binding():
+    """ValueError if gin binds ``InterleavingConfig.num_learners`` (K is len(datasets))."""
+    try:
+        value = gin.query_parameter("InterleavingConfig.num_learners")
+    except ValueError:  # not bound
+        return
+    raise ValueError(
+        f"InterleavingConfig.num_learners={value!r} is bound in gin: remove the binding; the "
+        "search has one learner per dataset (K = len(run_search.datasets))"
+    )
+
+
+def _evaluations(data, datasets, specs, search_data, split, batch_size, data_dir, image_size):
+    """The final evaluations: whole search-val slices, and the holdout of the ablation split."""
+    from ilnas_tf.search_loop import Evaluation
+
+    val_slice = data.SEARCH_SPLITS[split][1]
+
+    def val_dataset(name, spec):
+        return lambda: data.eval_dataset(
+            name, EVAL_BATCH_SIZE, split=spec.train_split + val_slice, data_dir=data_dir,
+            image_size=image_size,
+        )  # fmt: skip
+
+    examples = sum(s.num_val for s in search_data)
+    evaluations = [
+        Evaluation(
+            key="search_val_accuracy",
+            label="search-val",
+            datasets=[val_dataset(name, spec) for name, spec in zip(datasets, specs)],
+            batches=sum(-(-s.num_val // EVAL_BATCH_SIZE) for s in search_data),
+            examples=examples,
+        )
+    ]
+    if all(s.holdout is not None for s in search_data):
+        evaluations.append(
+            Evaluation(
+                key="holdout_accuracy",
+                label="holdout",
+                datasets=[lambda s=s: s.holdout for s in search_data],
+                batches=sum(-(-s.num_holdout // batch_size) for s in search_data),
+                examples=sum(s.num_holdout for s in search_data),
+            )
+        )
+    return evaluations
+
+
 def main(argv):
     del argv
-    from ilnas_tf import data, search_loop
+    cli.run("search", run_search, [DEMO_GIN], configurables=("ilnas_tf.engine",))
 
-    root_dir, overrides = cli.setup("search", [DEMO_GIN])
-    try:
-        run_search(root_dir=root_dir, **overrides)
-    except (ValueError, data.DatasetUnavailableError, search_loop.NonFiniteLossError) as error:
-        sys.exit(f"ilnas_tf.search: error: {error}")
-    cli.exit_after_success()
+
+def console_main():
+    """The ``ilnas-search`` console script (and ``python -m ilnas_tf.search``)."""
+    cli.console_main(main, sys.modules[__name__])
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

@@ -1,31 +1,26 @@
-"""The DARTS supernet: architecture parameters, mixed ops, search cells, encoder and heads.
+"""The DARTS supernet: architecture parameters, encoder and task heads.
 
 Layer for layer this is quark0/darts ``cnn/model_search.py`` split the way interleaving
 learning needs it:
 
 * ``Architecture`` holds the architecture parameters A (``alpha_normal``, ``alpha_reduce``,
-  shape ``(14, len(primitives))``, initialised as 1e-3 * N(0, 1)). It lives outside every
-  encoder, so K learners can each own a ``SearchEncoder`` (their weights W_k) while sharing
-  one architecture. Subclasses may add parameters (e.g. PC-DARTS edge betas) by overriding
-  ``edge_weights``.
-* ``SearchEncoder`` (stem -> cells -> global average pooling) takes the *mixing weights*
-  (softmax of the alphas) as call arguments, so it can be evaluated at substituted weights
-  with ``encoder.stateless_call(weights, [], images, weights_normal, weights_reduce)`` under
-  nested ``GradientTape``s, with A differentiable through the mixing weights.
+  shape ``(num_edges, num_ops)``, initialised as ``1e-3 * N(0, 1)``) and decides how they
+  become mixing weights, what extra terms the architecture objective has and how the discrete
+  genotype is derived. It lives outside every encoder, so K learners can each own a
+  ``SearchEncoder`` (their weights W_k) while sharing one architecture.
+* ``SearchEncoder`` (stem -> search cells -> global average pooling) takes the *mixing
+  weights* as call arguments, so it can be evaluated at substituted weights with
+  ``encoder.stateless_call(weights, [], images, weights_normal, weights_reduce)`` under
+  nested ``GradientTape``s, with A differentiable through the mixing weights. Its cells are
+  ``fused_cell.FusedSearchCell``s (default) or the per-edge ``search_cell.SearchCell``s.
 * ``ClassifierHead`` is one Dense layer per task (H_k).
 
-Graph size: a cell's forward pass is a pure function of (kernels, inputs, mixing weights)
-(``SearchCell.forward``). With ``trace_cells=True`` it is wrapped in one ``tf.function`` per
-distinct cell specification and input signature, shared by every cell instance with that
-spec, so the outer graph holds one call op per cell instead of thousands of ops, and
-gradients of those calls (first and second order) are built once per distinct cell.
-Measured on TF 2.21 / 2 CPU cores (C=4, 3 cells, batch 4, exact 2nd-order DARTS step,
-``/tmp``-free reproduction in ``tools/benchmark_compile.py``): inlined cells trace in 31 s and
-first-call in 31 s; traced cells trace in 59 s and first-call in 46 s (steady step 0.45 s vs
-0.58 s). Building gradient functions of nested calls costs more than it saves, so the
-default is ``trace_cells=False``.
-The ``none`` op is skipped in the mixed op: it contributes exactly zero, and its alpha still
-receives its gradient through the softmax.
+Both ``Architecture`` and ``SearchEncoder`` take per-edge candidate-op subsets
+(``edge_primitives``, as P-DARTS prunes the candidates between its stages).
+
+Module order (no import cycles): ``genotype`` -> ``ops`` -> ``search_cell`` -> ``fused_cell``
+-> ``search_space``. ``MixedOp``, ``SearchCell``, ``STEPS``, ``MULTIPLIER``, ``num_edges`` and
+``reduction_layers`` are re-exported here for convenience.
 """
 
 from __future__ import annotations
@@ -35,38 +30,69 @@ import numpy as np
 import tensorflow as tf
 
 from ilnas_tf import genotype as genotype_lib
-from ilnas_tf import ops
+from ilnas_tf import ops, validation
+from ilnas_tf.fused_cell import FusedSearchCell
+from ilnas_tf.genotype import STEM_MULTIPLIER, reduction_layers
+from ilnas_tf.search_cell import (
+    MULTIPLIER,
+    STEPS,
+    MixedOp,
+    SearchCell,
+    SearchCellBase,
+    check_primitives,
+)
 
-STEPS = 4
-MULTIPLIER = 4
-STEM_MULTIPLIER = 3
+__all__ = [
+    "MULTIPLIER",
+    "STEM_MULTIPLIER",
+    "STEPS",
+    "Architecture",
+    "ClassifierHead",
+    "MixedOp",
+    "SearchCell",
+    "SearchCellBase",
+    "SearchEncoder",
+    "num_edges",
+    "reduction_layers",
+]
+
+num_edges = genotype_lib.num_cell_edges
+"""Edges of a cell with ``steps`` intermediate nodes (14 for 4): ``genotype.num_cell_edges``."""
+
+CELL_CLASSES = {"per_edge": SearchCell, "fused": FusedSearchCell}
 
 
-def num_edges(steps: int = STEPS) -> int:
-    """Edges of a cell with ``steps`` intermediate nodes (14 for 4 nodes)."""
-    return sum(2 + i for i in range(steps))
-
-
-def reduction_layers(layers: int) -> tuple[int, int]:
-    """Indices of the reduction cells: ``layers // 3`` and ``2 * layers // 3``."""
-    return (layers // 3, 2 * layers // 3)
-
-
-def _check_primitives(primitives) -> tuple[str, ...]:
-    primitives = tuple(primitives)
-    unknown = [p for p in primitives if p not in ops.OPS]
-    if unknown or not primitives:
-        raise ValueError(
-            f"unknown primitives {unknown or primitives}; expected names from {list(ops.OPS)}"
-        )
-    if len(set(primitives)) != len(primitives):
-        raise ValueError(f"primitives contain duplicates: {list(primitives)}")
-    return primitives
+def _edge_primitives_config(edge_primitives):
+    if edge_primitives is None:
+        return None
+    return [[list(subset) for subset in cell] for cell in edge_primitives]
 
 
 @keras.saving.register_keras_serializable(package="ilnas_tf")
 class Architecture(keras.layers.Layer):
-    """Architecture parameters A shared by all learners.
+    """Architecture parameters A shared by all learners, and what they mean.
+
+    DARTS (Liu et al., 2019): one logit per (edge, op) and cell kind, ``alpha_normal`` and
+    ``alpha_reduce`` of shape ``(num_edges, num_ops)``; the mixing weights are their softmax
+    over the ops of each edge; the architecture objective has no extra term; the genotype keeps
+    the two strongest edges per node, each with its strongest op other than ``none``.
+
+    Extension points (a subclass overrides them together; the engine and the search loop only
+    use these four):
+
+    * ``parameters``: every variable of A. The engine differentiates the architecture
+      objective with respect to these, and the architecture optimiser updates them.
+      PC-DARTS (Xu et al., 2020) appends its edge betas; PR-DARTS its gate parameters.
+    * ``mixing(parameters)``: tensors shaped like ``parameters`` (the engine passes substituted
+      values, not the variables) -> ``(weights_normal, weights_reduce)``, each of
+      ``SearchEncoder.mixing_shape``. PC-DARTS multiplies the op softmax by the edge-normalised
+      betas; PR-DARTS samples stochastic gates.
+    * ``objective_terms(parameters)``: a scalar tensor added to the architecture objective, or
+      ``None``. PR-DARTS adds its regularisers here.
+    * ``genotype()``: the discrete architecture. PC-DARTS ranks edges by alpha x beta
+      (``genotype.derive_genotype``'s ``edge_weight_*`` arguments).
+
+    ``alphas`` stays ``[alpha_normal, alpha_reduce]`` (summaries and genotypes read it).
 
     Args:
       primitives: candidate op names (default: the DARTS ``PRIMITIVES``).
@@ -74,6 +100,10 @@ class Architecture(keras.layers.Layer):
       init_scale: alphas are initialised as ``init_scale * N(0, 1)``.
       multiplier: nodes concatenated into a cell's output, for the derived genotype (default:
         all ``steps`` nodes, as DARTS' 4 of 4).
+      edge_primitives: ``None`` (every edge has all ``primitives``) or per-edge op subsets
+        ``(normal, reduce)`` (see ``genotype.check_edge_primitives``): the alphas are then
+        ``(num_edges, n_ops)`` and column ``j`` of edge ``e`` of the normal cell stands for op
+        ``edge_primitives[0][e][j]``.
     """
 
     def __init__(
@@ -82,18 +112,20 @@ class Architecture(keras.layers.Layer):
         steps=STEPS,
         init_scale=1e-3,
         multiplier=None,
+        edge_primitives=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.primitives = _check_primitives(primitives)
-        self.steps = ops._check_positive_int("steps", steps)
-        self.multiplier = self.steps if multiplier is None else int(multiplier)
-        if not 1 <= self.multiplier <= self.steps:
-            raise ValueError(f"multiplier must be in [1, steps={self.steps}], got {multiplier!r}")
-        if not init_scale >= 0:
-            raise ValueError(f"init_scale must be >= 0, got {init_scale!r}")
-        self.init_scale = float(init_scale)
-        shape = (num_edges(self.steps), len(self.primitives))
+        self.primitives = check_primitives("primitives", primitives)
+        self.steps = validation.check_int("steps", steps, minimum=1)
+        self.multiplier = self.steps if multiplier is None else multiplier
+        self.multiplier = validation.check_int("multiplier", self.multiplier, 1, self.steps)
+        self.init_scale = validation.check_number("init_scale", init_scale, minimum=0.0)
+        self.edge_primitives = genotype_lib.check_edge_primitives(
+            "edge_primitives", edge_primitives, self.primitives, self.steps
+        )
+        num_ops = len(self.primitives if edge_primitives is None else self.edge_primitives[0][0])
+        shape = (num_edges(self.steps), num_ops)
         # One initialiser instance per variable: a shared instance repeats its values.
         self.alpha_normal = self.add_weight(
             name="alpha_normal",
@@ -108,33 +140,41 @@ class Architecture(keras.layers.Layer):
         self.built = True
 
     @property
-    def alphas(self):
+    def alphas(self) -> list:
+        """``[alpha_normal, alpha_reduce]``."""
         return [self.alpha_normal, self.alpha_reduce]
 
-    @staticmethod
-    def mixing_weights(alpha_normal, alpha_reduce):
-        """Softmax over ops on every edge: the weights a ``SearchEncoder`` is called with."""
+    @property
+    def parameters(self) -> list:
+        """Every variable of A, in a fixed order (DARTS: ``[alpha_normal, alpha_reduce]``)."""
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def mixing(self, parameters):
+        """``(weights_normal, weights_reduce)`` from tensors shaped like ``self.parameters``.
+
+        DARTS: a softmax over the ops of every edge.
+        """
+        alpha_normal, alpha_reduce = parameters[0], parameters[1]
         return tf.nn.softmax(alpha_normal, axis=-1), tf.nn.softmax(alpha_reduce, axis=-1)
 
-    def edge_weights(self):
-        """Per-edge multipliers used when deriving the genotype (None: all ones)."""
-        return None, None
+    def objective_terms(self, parameters):
+        """Extra terms of the architecture objective (a scalar tensor), or ``None`` (DARTS)."""
+        del parameters
+        return None
 
     def genotype(self) -> genotype_lib.Genotype:
         """The discrete architecture by the DARTS rule (see ``genotype.derive_genotype``)."""
-        normal_edges, reduce_edges = self.edge_weights()
         return genotype_lib.derive_genotype(
             np.asarray(self.alpha_normal.numpy()),
             np.asarray(self.alpha_reduce.numpy()),
             primitives=self.primitives,
             steps=self.steps,
             multiplier=self.multiplier,
-            edge_weight_normal=normal_edges,
-            edge_weight_reduce=reduce_edges,
+            edge_primitives=self.edge_primitives,
         )
 
     def call(self, inputs=None):
-        return self.mixing_weights(self.alpha_normal.value, self.alpha_reduce.value)
+        return self.mixing([p.value for p in self.parameters])
 
     def get_config(self):
         config = super().get_config()
@@ -143,245 +183,33 @@ class Architecture(keras.layers.Layer):
             steps=self.steps,
             init_scale=self.init_scale,
             multiplier=self.multiplier,
+            edge_primitives=_edge_primitives_config(self.edge_primitives),
         )
         return config
-
-
-@keras.saving.register_keras_serializable(package="ilnas_tf")
-class MixedOp(keras.layers.Layer):
-    """Weighted sum of every candidate op on one edge; pools are followed by a non-affine BN."""
-
-    def __init__(self, channels, stride, primitives=genotype_lib.PRIMITIVES, **kwargs):
-        super().__init__(**kwargs)
-        self.channels = ops._check_positive_int("channels", channels)
-        self.stride = ops._check_stride(stride)
-        self.primitives = _check_primitives(primitives)
-        self.active = [i for i, p in enumerate(self.primitives) if p != "none"]
-        self.candidates = [
-            ops.make_op(
-                self.primitives[i],
-                channels,
-                stride,
-                False,
-                dtype=self.dtype_policy,
-                name=self.primitives[i],
-            )
-            for i in self.active
-        ]
-
-    def build(self, input_shape):
-        for op in self.candidates:
-            op.build(input_shape)
-
-    @property
-    def kernels(self):
-        return [k for op in self.candidates for k in op.kernels]
-
-    def forward(self, kernels, x, weights):
-        """Pure forward: ``kernels`` in ``self.kernels`` order, ``weights`` one row of mixing weights."""
-        outputs, offset = [], 0
-        for index, op in zip(self.active, self.candidates):
-            count = len(op.kernel_specs())
-            y = op.forward(kernels[offset : offset + count], x)
-            offset += count
-            if "pool" in self.primitives[index]:
-                y = ops.batch_norm(y)
-            outputs.append(weights[index] * y)
-        return tf.add_n(outputs)
-
-    def call(self, x, weights):
-        return self.forward([k.value for k in self.kernels], x, weights)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(channels=self.channels, stride=self.stride, primitives=list(self.primitives))
-        return config
-
-
-_TRACED_CELLS: dict = {}
-
-
-class SearchCellBase(keras.layers.Layer):
-    """What the per-edge ``SearchCell`` and the edge-batched ``FusedSearchCell`` share.
-
-    Validates and stores the hyperparameters, builds the two preprocessing ops, and provides
-    ``call`` (optionally through one shared ``tf.function`` per distinct cell, see the module
-    docstring) and ``get_config``. Subclasses define ``kernels``, ``build`` and the pure
-    ``forward(kernels, s0, s1, weights)``.
-
-    Args:
-      c_prev_prev, c_prev: channels of the two inputs (outputs of the two previous cells).
-      channels: channels of every node.
-      reduction: whether this cell halves the spatial size (stride 2 on input edges).
-      reduction_prev: whether the previous cell was a reduction (input 0 is then
-        FactorizedReduce-d to match the spatial size).
-      primitives, steps, multiplier: candidate ops, intermediate nodes, nodes concatenated.
-      trace_cells: share one ``tf.function`` per distinct cell spec (see module docstring).
-    """
-
-    def __init__(
-        self,
-        c_prev_prev,
-        c_prev,
-        channels,
-        reduction,
-        reduction_prev,
-        primitives=genotype_lib.PRIMITIVES,
-        steps=STEPS,
-        multiplier=MULTIPLIER,
-        trace_cells=False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.c_prev_prev = ops._check_positive_int("c_prev_prev", c_prev_prev)
-        self.c_prev = ops._check_positive_int("c_prev", c_prev)
-        self.channels = ops._check_positive_int("channels", channels)
-        self.reduction = bool(reduction)
-        self.reduction_prev = bool(reduction_prev)
-        self.primitives = _check_primitives(primitives)
-        self.steps = ops._check_positive_int("steps", steps)
-        self.multiplier = ops._check_positive_int("multiplier", multiplier)
-        if self.multiplier > self.steps:
-            raise ValueError(f"multiplier ({multiplier}) must not exceed steps ({steps})")
-        self.trace_cells = bool(trace_cells)
-        dtype = self.dtype_policy
-        if self.reduction_prev:
-            self.preprocess0 = ops.FactorizedReduce(
-                c_prev_prev, channels, affine=False, dtype=dtype, name="preprocess0"
-            )
-        else:
-            self.preprocess0 = ops.ReLUConvBN(
-                c_prev_prev, channels, 1, 1, 0, affine=False, dtype=dtype, name="preprocess0"
-            )
-        self.preprocess1 = ops.ReLUConvBN(
-            c_prev, channels, 1, 1, 0, affine=False, dtype=dtype, name="preprocess1"
-        )
-
-    @property
-    def spec(self):
-        return (
-            self.c_prev_prev,
-            self.c_prev,
-            self.channels,
-            self.reduction,
-            self.reduction_prev,
-            self.primitives,
-            self.steps,
-            self.multiplier,
-        )
-
-    def _trace_key(self):
-        return (type(self).__name__, self.spec, self.dtype_policy.name)
-
-    def _forward_function(self):
-        key = self._trace_key()
-        if key not in _TRACED_CELLS:
-            _TRACED_CELLS[key] = tf.function(self.forward, autograph=False)
-        return _TRACED_CELLS[key]
-
-    def forward(self, kernels, s0, s1, weights):
-        raise NotImplementedError
-
-    def call(self, s0, s1, weights):
-        kernels = [k.value for k in self.kernels]
-        forward = self._forward_function() if self.trace_cells else self.forward
-        return forward(kernels, s0, s1, weights)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            c_prev_prev=self.c_prev_prev,
-            c_prev=self.c_prev,
-            channels=self.channels,
-            reduction=self.reduction,
-            reduction_prev=self.reduction_prev,
-            primitives=list(self.primitives),
-            steps=self.steps,
-            multiplier=self.multiplier,
-            trace_cells=self.trace_cells,
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="ilnas_tf")
-class SearchCell(SearchCellBase):
-    """A DARTS search cell: 2 preprocessed inputs, ``steps`` nodes, concat of the last ``multiplier``.
-
-    Every edge is a ``MixedOp`` (the layer-for-layer reference). Arguments: see
-    ``SearchCellBase``.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        dtype = self.dtype_policy
-        self.edges = []
-        for node in range(self.steps):
-            for source in range(2 + node):
-                stride = 2 if self.reduction and source < 2 else 1
-                self.edges.append(
-                    MixedOp(
-                        self.channels,
-                        stride,
-                        self.primitives,
-                        dtype=dtype,
-                        name=f"edge_{source}_{node + 2}",
-                    )
-                )
-
-    def build(self, s0_shape, s1_shape=None, weights_shape=None):
-        # Keras matches build's arguments to call's (s0, s1, weights) by name.
-        shape0 = s0_shape
-        shape1 = s0_shape if s1_shape is None else s1_shape
-        self.preprocess0.build(shape0)
-        self.preprocess1.build(shape1)
-        height = shape1[1]
-        edge_shape = (shape1[0], height, shape1[2], self.channels)
-        for edge in self.edges:
-            edge.build(edge_shape)
-
-    @property
-    def kernels(self):
-        result = list(self.preprocess0.kernels) + list(self.preprocess1.kernels)
-        for edge in self.edges:
-            result.extend(edge.kernels)
-        return result
-
-    def forward(self, kernels, s0, s1, weights):
-        """Pure forward pass; ``kernels`` in ``self.kernels`` order, ``weights`` (edges, ops)."""
-        n0 = len(self.preprocess0.kernel_specs())
-        n1 = len(self.preprocess1.kernel_specs())
-        states = [
-            self.preprocess0.forward(kernels[:n0], s0),
-            self.preprocess1.forward(kernels[n0 : n0 + n1], s1),
-        ]
-        offset, edge_index = n0 + n1, 0
-        for node in range(self.steps):
-            terms = []
-            for source in range(2 + node):
-                edge = self.edges[edge_index]
-                count = len(edge.kernels)
-                terms.append(
-                    edge.forward(
-                        kernels[offset : offset + count], states[source], weights[edge_index]
-                    )
-                )
-                offset += count
-                edge_index += 1
-            states.append(tf.add_n(terms))
-        return tf.concat(states[-self.multiplier :], axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="ilnas_tf")
 class SearchEncoder(keras.layers.Layer):
     """Stem (3x3 conv to ``3 * channels`` + BN) -> ``layers`` search cells -> global average pool.
 
-    Call as ``encoder(images, weights_normal, weights_reduce)``; returns ``(batch, features)``
-    with ``features == encoder.output_channels``. The stem BN is affine (as in the
-    reference); every other BN is non-affine. All BNs use batch statistics (see ``ops``).
-    ``cell_impl="fused"`` (default) builds ``fused_cell.FusedSearchCell``s: the same function
-    and parameter count as the per-edge ``SearchCell``s (``cell_impl="per_edge"``, the
-    layer-for-layer reference) with batched edges, ~6x fewer graph ops and ~6x less compile
-    time (see ``tools/benchmark_compile.py``).
+    Call as ``encoder(images, weights_normal, weights_reduce)``, each of shape
+    ``encoder.mixing_shape``; returns ``(batch, features)`` with ``features ==
+    encoder.output_channels``. The stem BN is affine (as in the reference); every other BN is
+    non-affine. All BNs use batch statistics (see ``ops``).
+
+    Args:
+      channels: channels of the first cell's nodes (doubled at each reduction).
+      layers: number of cells; reductions at ``layers // 3`` and ``2 * layers // 3``.
+      primitives, steps, multiplier: candidate ops, intermediate nodes, nodes concatenated.
+      stem_multiplier: the stem outputs ``stem_multiplier * channels`` channels.
+      input_channels: channels of the images.
+      cell_impl: ``"fused"`` (default): ``fused_cell.FusedSearchCell``s, the same function and
+        parameter count as the per-edge cells with batched edges, many times fewer graph ops
+        and less compile time (``docs/benchmarks.md``); ``"per_edge"``:
+        ``search_cell.SearchCell``s, the layer-for-layer reference.
+      edge_primitives: ``None`` or per-edge op subsets ``(normal, reduce)`` (see
+        ``genotype.check_edge_primitives``; P-DARTS): normal cells get ``normal``, reduction
+        cells ``reduce``; only the ops present have parameters.
     """
 
     def __init__(
@@ -393,26 +221,23 @@ class SearchEncoder(keras.layers.Layer):
         multiplier=MULTIPLIER,
         stem_multiplier=STEM_MULTIPLIER,
         input_channels=3,
-        trace_cells=False,
         cell_impl="fused",
+        edge_primitives=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if cell_impl not in ("per_edge", "fused"):
-            raise ValueError(f"cell_impl must be 'per_edge' or 'fused', got {cell_impl!r}")
-        self.cell_impl = cell_impl
-        if cell_impl == "fused":
-            from ilnas_tf.fused_cell import FusedSearchCell as cell_class  # avoids an import cycle
-        else:
-            cell_class = SearchCell
-        self.channels = ops._check_positive_int("channels", channels)
-        self.num_layers = ops._check_positive_int("layers", layers)
-        self.primitives = _check_primitives(primitives)
-        self.steps = ops._check_positive_int("steps", steps)
-        self.multiplier = ops._check_positive_int("multiplier", multiplier)
-        self.stem_multiplier = ops._check_positive_int("stem_multiplier", stem_multiplier)
-        self.input_channels = ops._check_positive_int("input_channels", input_channels)
-        self.trace_cells = bool(trace_cells)
+        self.cell_impl = validation.check_choice("cell_impl", cell_impl, tuple(CELL_CLASSES))
+        cell_class = CELL_CLASSES[cell_impl]
+        self.channels = validation.check_int("channels", channels, minimum=1)
+        self.num_layers = validation.check_int("layers", layers, minimum=1)
+        self.primitives = check_primitives("primitives", primitives)
+        self.steps = validation.check_int("steps", steps, minimum=1)
+        self.multiplier = validation.check_int("multiplier", multiplier, minimum=1)
+        self.stem_multiplier = validation.check_int("stem_multiplier", stem_multiplier, minimum=1)
+        self.input_channels = validation.check_int("input_channels", input_channels, minimum=1)
+        self.edge_primitives = genotype_lib.check_edge_primitives(
+            "edge_primitives", edge_primitives, self.primitives, self.steps
+        )
         c_curr = self.stem_multiplier * self.channels
         self.stem_channels = c_curr
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, self.channels
@@ -433,7 +258,7 @@ class SearchEncoder(keras.layers.Layer):
                     self.primitives,
                     self.steps,
                     self.multiplier,
-                    self.trace_cells,
+                    None if self.edge_primitives is None else self.edge_primitives[reduction],
                     dtype=self.dtype_policy,
                     name=f"cell_{index}",
                 )
@@ -441,6 +266,12 @@ class SearchEncoder(keras.layers.Layer):
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, self.multiplier * c_curr
         self.output_channels = c_prev
+
+    @property
+    def mixing_shape(self) -> tuple[int, int]:
+        """``(num_edges, num_ops)``: the shape of each mixing-weight tensor ``call`` takes."""
+        edge_ops = self.primitives if self.edge_primitives is None else self.edge_primitives[0][0]
+        return (num_edges(self.steps), len(edge_ops))
 
     def build(self, input_shape):
         if input_shape[-1] is not None and input_shape[-1] != self.input_channels:
@@ -488,8 +319,8 @@ class SearchEncoder(keras.layers.Layer):
             multiplier=self.multiplier,
             stem_multiplier=self.stem_multiplier,
             input_channels=self.input_channels,
-            trace_cells=self.trace_cells,
             cell_impl=self.cell_impl,
+            edge_primitives=_edge_primitives_config(self.edge_primitives),
         )
         return config
 
@@ -500,7 +331,7 @@ class ClassifierHead(keras.layers.Layer):
 
     def __init__(self, num_classes, **kwargs):
         super().__init__(**kwargs)
-        self.num_classes = ops._check_positive_int("num_classes", num_classes)
+        self.num_classes = validation.check_int("num_classes", num_classes, minimum=1)
         self.dense = None
 
     def build(self, input_shape):

@@ -1,6 +1,6 @@
 """TensorBoard content of a search: alpha heatmaps and entropies, and reading event files back.
 
-Written by ``search_loop.SearchLoop`` (tags under ``learner/<name>/...``, ``search/...``,
+Written by ``search_loop.SearchTask`` (tags under ``learner/<name>/...``, ``search/...``,
 ``alphas/...``); read back by tests and tools with ``read_events``.
 """
 
@@ -13,17 +13,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from ilnas_tf.genotype import softmax
+
 # Viridis-like colour ramp (dark blue -> green -> yellow), linearly interpolated.
 _RAMP = np.array(
     [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64
 )
-
-
-def softmax(alphas):
-    """Row-wise softmax of an ``[edges, ops]`` array (numpy, float64)."""
-    alphas = np.asarray(alphas, np.float64)
-    shifted = np.exp(alphas - alphas.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def mean_entropy(probabilities):

@@ -9,8 +9,8 @@ the test set and exported (``export``): ``<root_dir>/export/saved_model`` and
 ``<root_dir>/export/model.keras``.
 
 Every hyperparameter is a keyword of the gin-configurable ``run_train``; its defaults are the
-DARTS CIFAR-10 evaluation protocol (quark0/darts ``cnn/train.py``). The loop object
-(``train_loop.TrainLoop``) owns strategy, summaries and checkpoints.
+DARTS CIFAR-10 evaluation protocol (quark0/darts ``cnn/train.py``). ``run_loop.RunLoop`` owns
+strategy, summaries and checkpoints and drives a ``train_loop.TrainTask``.
 """
 
 from __future__ import annotations
@@ -19,19 +19,21 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import gin
-from ilnas_tf import cli
+from ilnas_tf import cli, validation
 
 flags.DEFINE_string(
     "genotype", None, "Genotype: a name, a JSON file, a search root_dir or genotype text."
 )
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags
 FLAGS = flags.FLAGS
 DEMO_GIN = os.path.join(cli.REPO_ROOT, "gin", "train_demo.gin")
 NETWORKS = ("cifar", "imagenet")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 EVAL_BATCH_SIZE = 500
+ERROR = "ilnas_tf.export:ExportError"  # besides cli.ERRORS: a run that cannot be exported
 
 
 @gin.configurable
@@ -101,7 +103,8 @@ def run_train(
       seed: seed of the initial weights, the data stream and the drop-path noise.
       deterministic: enable TensorFlow op determinism (bitwise reproducible resume).
       strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (TF_CONFIG).
-      summary_every_steps, checkpoint_every_steps, max_to_keep: outputs (see ``TrainLoop``).
+      summary_every_steps, checkpoint_every_steps, max_to_keep: outputs (see
+        ``run_loop.RunLoop``).
       export: export the SavedModel and the ``.keras`` file at the end.
 
     Returns:
@@ -110,24 +113,19 @@ def run_train(
     import keras
     import tensorflow as tf
 
-    from ilnas_tf import data, optimizers, search_loop, train_loop
+    from ilnas_tf import data, distribution, optimizers, run_dir, run_loop, train_loop
     from ilnas_tf import export as export_lib
     from ilnas_tf import genotype as genotype_lib
     from ilnas_tf import network as network_lib
 
     resolved = genotype_lib.load_genotype(genotype)  # bad genotypes fail before anything runs
-    if network not in NETWORKS:
-        raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")
-    if mixed_precision not in PRECISIONS:
-        raise ValueError(
-            f"unknown mixed_precision {mixed_precision!r}; expected one of {PRECISIONS}"
-        )
-    for name, value in (("learning_rate", learning_rate), ("grad_clip", grad_clip)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    validation.check_choice("run_train.network", network, NETWORKS)
+    validation.check_choice("run_train.mixed_precision", mixed_precision, PRECISIONS)
+    validation.check_number("run_train.learning_rate", learning_rate, 0)
+    validation.check_number("run_train.grad_clip", grad_clip, 0)
     train_loop.learning_rate_at(0, epochs, learning_rate, lr_schedule)  # validates the schedule
-    distribution = search_loop.make_strategy(strategy)
-    cli.check_root_dir(root_dir)
+    strategy_object = distribution.make_strategy(strategy)
+    run_dir.check_root_dir(root_dir)
     print(f"root_dir: {root_dir}", flush=True)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -153,7 +151,7 @@ def run_train(
     per_epoch = steps_per_epoch or train_data.steps_per_epoch
     network_class = network_lib.NetworkCIFAR if network == "cifar" else network_lib.NetworkImageNet
     use_auxiliary = bool(auxiliary) and auxiliary_weight > 0
-    with distribution.scope():
+    with strategy_object.scope():
         model = network_class(
             channels=channels,
             num_classes=spec.num_classes,
@@ -180,20 +178,18 @@ def run_train(
         f"{network_class.__name__} C={channels}, {layers} cells, genotype {resolved.to_string()}"
         f"\n{parameters / 1e6:.3f} M parameters (auxiliary head excluded); {dataset}: "
         f"{train_data.num_examples} training examples, {per_epoch} steps/epoch x {epochs} "
-        f"epochs, batch {batch_size} on {distribution.num_replicas_in_sync} replica(s)"
+        f"epochs, batch {batch_size} on {strategy_object.num_replicas_in_sync} replica(s)"
         + (f" (stopping after {max_steps} steps)" if max_steps else ""),
         flush=True,
     )
-    loop = train_loop.TrainLoop(
-        root_dir=root_dir,
-        strategy=distribution,
+    task = train_loop.TrainTask(
+        strategy=strategy_object,
         model=model,
         optimizer=optimizer,
         make_dataset=make_dataset,
         eval_dataset=eval_dataset,
         global_batch_size=batch_size,
         epochs=epochs,
-        steps_per_epoch=per_epoch,
         learning_rate=lambda epoch: train_loop.learning_rate_at(
             epoch, epochs, learning_rate, lr_schedule, learning_rate_min, lr_decay
         ),
@@ -201,27 +197,34 @@ def run_train(
         auxiliary_weight=auxiliary_weight if use_auxiliary else 0.0,
         label_smoothing=label_smoothing,
         eval_every_epochs=eval_every_epochs,
-        summary_every_steps=summary_every_steps,
-        checkpoint_every_steps=checkpoint_every_steps,
-        max_to_keep=max_to_keep,
-        max_steps=max_steps,
         extra_results={
             "genotype": resolved.to_string(),
             "dataset": dataset,
             "parameters": parameters,
         },
     )
+    loop = run_loop.RunLoop(
+        task,
+        root_dir=root_dir,
+        strategy=strategy_object,
+        phases=[run_loop.Phase("train", epochs)],
+        steps_per_epoch=per_epoch,
+        summary_every_steps=summary_every_steps,
+        checkpoint_every_steps=checkpoint_every_steps,
+        max_to_keep=max_to_keep,
+        max_steps=max_steps,
+    )
     config_path = os.path.join(root_dir, "operative_config.gin")
     if loop.chief:
         export_lib.write_model_description(root_dir, model, dataset, image_shape)
-        search_loop.write_atomically(config_path, gin.config_str())
+        run_dir.write_atomically(config_path, gin.config_str())
     results = loop.run()
     if loop.chief:
-        search_loop.write_atomically(config_path, gin.operative_config_str())
+        run_dir.write_atomically(config_path, gin.operative_config_str())
         if export:
             paths = export_lib.export_run(root_dir)
             results["export"] = {key: paths[key] for key in ("saved_model", "keras")}
-            search_loop.write_atomically(
+            run_dir.write_atomically(
                 os.path.join(root_dir, "results.json"), json.dumps(results, indent=2)
             )
     print(
@@ -237,22 +240,14 @@ def run_train(
 
 def main(argv):
     del argv
-    from ilnas_tf import data, export, search_loop
+    overrides = {"genotype": FLAGS.genotype} if FLAGS.genotype else None
+    cli.run("train", run_train, [DEMO_GIN], (*cli.ERRORS, ERROR), overrides=overrides)
 
-    root_dir, overrides = cli.setup("train", [DEMO_GIN])
-    if FLAGS.genotype:
-        overrides["genotype"] = FLAGS.genotype
-    try:
-        run_train(root_dir=root_dir, **overrides)
-    except (
-        ValueError,
-        data.DatasetUnavailableError,
-        search_loop.NonFiniteLossError,
-        export.ExportError,
-    ) as error:
-        sys.exit(f"ilnas_tf.train: error: {error}")
-    cli.exit_after_success()
+
+def console_main():
+    """The ``ilnas-train`` console script (and ``python -m ilnas_tf.train``)."""
+    cli.console_main(main, sys.modules[__name__])
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

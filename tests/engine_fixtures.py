@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ilnas_tf import engine, learner, search_space
+from ilnas_tf import engine, hypergradient, learner, search_space
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -65,7 +65,8 @@ def make_batches(eng, batch=2, seed=1, dtype=np.float64):
 
 def unrolled_objective(eng, alphas, train, val, lr):
     """The full unrolled objective J(A) = sum_k w_k L_k^val(A, W̄_k(A), H̄_k(A))."""
-    chain = eng.unrolled_chain(alphas, train, lr)
+    problem = eng.problem(train, val, lr)
+    chain = hypergradient.unrolled_chain(problem, alphas)
     finals = [chain[eng.config.last_stage(k)] for k in range(eng.config.num_learners)]
-    total, _, _ = eng.validation_objective(alphas, finals, val)
+    total, _, _ = hypergradient.validation_objective(problem, alphas, finals)
     return total

@@ -14,7 +14,7 @@ import data_fixtures
 import tensorflow as tf
 
 import gin
-from ilnas_tf import search, synthetic_data
+from ilnas_tf import engine, search, synthetic_data  # noqa: F401  (engine: gin configurables)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = ["--gin_file=gin/demo.gin", "--gin_file=gin/smoke.gin"]

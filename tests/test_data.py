@@ -225,7 +225,7 @@ def test_bad_arguments(synthetic_dir):
         data.search_datasets(FINE, 8, data_dir=synthetic_dir, seed=-1)
     with pytest.raises(ValueError, match="cutout_length"):
         data.train_dataset(FINE, 8, data_dir=synthetic_dir, cutout_length=-4)
-    with pytest.raises(ValueError, match="shuffle_buffer must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="shuffle_buffer=0 is invalid: expected an integer >= 1"):
         data.search_datasets(FINE, 8, data_dir=synthetic_dir, in_memory=False, shuffle_buffer=0)
     with pytest.raises(ValueError, match="image_size"):
         data.eval_dataset(FINE, 8, data_dir=synthetic_dir, image_size=0)

@@ -13,7 +13,6 @@ from ilnas_tf.genotype import (
     PRIMITIVES,
     Genotype,
     derive_genotype,
-    get_genotype,
     load_genotype,
     num_cell_edges,
     to_dot,
@@ -106,7 +105,7 @@ def test_primitives_order():
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMED))
 def test_named_genotypes_match_published(name):
     normal, reduce = EXPECTED_NAMED[name]
-    genotype = get_genotype(name)
+    genotype = load_genotype(name)
     assert genotype is NAMED_GENOTYPES[name]
     assert genotype is getattr(G, name)
     assert genotype.normal == tuple(normal)
@@ -130,9 +129,9 @@ def test_named_genotype_set_and_aliases():
     assert G.DARTS_V1 != G.DARTS_V2
 
 
-def test_get_genotype_unknown_name_lists_known_names():
+def test_load_genotype_unknown_name_lists_known_names():
     with pytest.raises(ValueError, match="darts_v2") as info:
-        get_genotype("darts_v2")
+        load_genotype("darts_v2")
     for name in NAMED_GENOTYPES:
         assert name in str(info.value)
 
@@ -148,7 +147,7 @@ def test_derive_reproduces_darts_v2():
 
 @pytest.mark.parametrize("name", ["DARTS_V1", "PC_DARTS", "PDARTS", "PRDARTS"])
 def test_derive_reproduces_other_named(name):
-    genotype = get_genotype(name)
+    genotype = NAMED_GENOTYPES[name]
     derived = derive_genotype(
         alphas_from_genotype(genotype, "normal").tolist(), alphas_from_genotype(genotype, "reduce")
     )
@@ -353,7 +352,7 @@ def test_string_format_matches_reference_repr():
 
 @pytest.mark.parametrize("name", sorted(NAMED_GENOTYPES))
 def test_string_and_json_round_trips(name):
-    genotype = get_genotype(name)
+    genotype = NAMED_GENOTYPES[name]
     assert Genotype.from_string(str(genotype)) == genotype
     assert Genotype.from_json(genotype.to_json()) == genotype
     assert Genotype.from_dict(genotype.to_dict()) == genotype
@@ -529,3 +528,49 @@ def test_module_is_importable_without_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- helpers, subsets
+
+
+def test_layout_helpers():
+    assert G.reduction_layers(8) == (2, 5) and G.reduction_layers(20) == (6, 13)
+    assert G.STEM_MULTIPLIER == 3
+    logits = np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]])
+    np.testing.assert_allclose(G.softmax(logits), [[0.25, 0.75], [0.5, 0.5]], rtol=1e-15)
+    assert G.softmax(np.float32([[1.0, 2.0]])).dtype == np.float64
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_derive_with_edge_subsets_equals_full_with_absent_ops_impossible(seed):
+    """Subset columns scattered into full alphas, absent ops at -1000 (softmax weight exactly 0
+    in float64): the same genotype."""
+    rng = np.random.default_rng(seed)
+    subsets, alphas, full = [], [], []
+    for _ in range(2):
+        cell = tuple(
+            tuple(str(p) for p in rng.choice(PRIMITIVES, 3, replace=False)) for _ in range(14)
+        )
+        alpha = rng.normal(size=(14, 3))
+        scattered = np.full((14, 8), -1000.0)
+        for e, names in enumerate(cell):
+            for j, name in enumerate(names):
+                scattered[e, PRIMITIVES.index(name)] = alpha[e, j]
+        subsets.append(cell)
+        alphas.append(alpha)
+        full.append(scattered)
+    derived = derive_genotype(*alphas, edge_primitives=tuple(subsets))
+    assert derived == derive_genotype(*full)
+    # Columns are op names of their own edge: derived ops come from that edge's subset.
+    for cell_name, cell in (("normal", subsets[0]), ("reduce", subsets[1])):
+        starts = [0, 2, 5, 9]
+        for k, (op, source) in enumerate(getattr(derived, cell_name)):
+            assert op in cell[starts[k // 2] + source] and op != "none"
+
+
+def test_derive_with_edge_subsets_rejects_bad_subsets():
+    good = tuple(("none", "skip_connect") for _ in range(14))
+    with pytest.raises(ValueError, match=r"alpha_normal has shape \(14, 8\); expected \(14, 2\)"):
+        derive_genotype(np.zeros((14, 8)), np.zeros((14, 2)), edge_primitives=(good, good))
+    with pytest.raises(ValueError, match=r"edge_primitives\[1\]=.* is invalid"):
+        derive_genotype(np.zeros((14, 2)), np.zeros((14, 2)), edge_primitives=(good, good[:3]))

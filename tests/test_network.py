@@ -121,7 +121,7 @@ def total_trainable(model):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_cifar_parameter_count_matches_reference(name):
-    genotype = genotype_lib.get_genotype(name)
+    genotype = genotype_lib.NAMED_GENOTYPES[name]
     model = network.NetworkCIFAR(36, 10, 20, auxiliary=True, genotype=genotype)
     model.build((None, 32, 32, 3))
     main, aux = expected_cifar(genotype)
@@ -131,7 +131,7 @@ def test_cifar_parameter_count_matches_reference(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_imagenet_parameter_count_matches_reference(name):
-    genotype = genotype_lib.get_genotype(name)
+    genotype = genotype_lib.NAMED_GENOTYPES[name]
     model = network.NetworkImageNet(48, 1000, 14, auxiliary=True, genotype=genotype)
     model.build((None, 224, 224, 3))
     main, aux = expected_imagenet(genotype)
@@ -484,8 +484,8 @@ def test_keras_file_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        ({"layers": 2}, "layers must be >= 3"),
-        ({"channels": 0}, "channels must be a positive integer, got 0"),
+        ({"layers": 2}, r"layers=2 is invalid: expected an integer >= 3"),
+        ({"channels": 0}, r"channels=0 is invalid: expected an integer >= 1"),
         ({"num_classes": -1}, "num_classes.*-1"),
         ({"genotype": 42}, "int 42"),
         ({"genotype": "NOT_A_GENOTYPE"}, "NOT_A_GENOTYPE"),

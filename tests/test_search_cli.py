@@ -30,11 +30,16 @@ from search_fixtures import (
 from ilnas_tf import genotype as genotype_lib
 from ilnas_tf import summaries, synthetic_data
 
-GIN_FILES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "gin", "*.gin")))
+# Every search gin file (the train_*.gin files are test_train_cli.py's).
+GIN_FILES = sorted(
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "gin", "*.gin"))
+    if not os.path.basename(p).startswith("train_")
+)
 # The resumable reference run: 2 epochs of 3 steps, a checkpoint after every step; first order
 # (compiles in seconds; the exact mode's command-line run is the il_darts test's).
 RESUMABLE = [
-    "run_search.mode = 'first_order'",
+    "InterleavingConfig.mode = 'first_order'",
     "run_search.deterministic = True",
     "run_search.epochs = 2",
     "run_search.steps_per_epoch = 3",
@@ -149,12 +154,52 @@ def test_killed_run_resumes_to_the_same_alphas_and_genotype(demo_run, data_dir, 
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
 
 
+def test_killed_warmup_run_resumes_into_the_search_bitwise(demo_run, data_dir, tmp_path):
+    bindings = [*RESUMABLE, "run_search.warmup_epochs = 1"]  # steps 1-3 update weights only
+    reference_dir, result = completed_run(tmp_path / "reference", data_dir, bindings)
+    assert "(1 weight-only warm-up)" in result.stdout
+    cmd = command(tmp_path / "resumed", data_dir, *DEMO, bindings=bindings)
+    killed_at = kill_after_checkpoint(cmd, tmp_path / "resumed", 1)
+    assert 1 <= killed_at <= 3  # a warm-up checkpoint (the search phase compiles at step 4)
+    result = run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "search step of the search phase" in result.stdout
+    results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert results["resumed_from_step"] == killed_at and results["steps"] == 6
+    resumed, reference = final_variables(tmp_path / "resumed"), final_variables(reference_dir)
+    assert resumed.keys() == reference.keys()
+    for name, value in reference.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+    no_warmup = final_variables(demo_run[0])
+    alphas = [name for name in reference if name.startswith("architecture/")]
+    assert alphas and all(not np.array_equal(reference[n], no_warmup[n]) for n in alphas)
+
+
+def test_ablation_split_reports_the_holdout_accuracy(data_dir, tmp_path):
+    bindings = [
+        f"run_search.data_dir = '{data_dir}'",
+        "run_search.split = 'ablation'",
+        "run_search.max_steps = 1",
+    ]
+    results = run_in_process(["gin/demo.gin", "gin/smoke.gin"], bindings, tmp_path)
+    assert set(results["holdout_accuracy"]) == set(results["search_val_accuracy"])
+    assert all(0.0 <= a <= 1.0 for a in results["holdout_accuracy"].values())
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["holdout_accuracy"] == results["holdout_accuracy"]
+
+
+def test_binding_the_number_of_learners_is_refused(data_dir, tmp_path):
+    bindings = [f"run_search.data_dir = '{data_dir}'", "InterleavingConfig.num_learners = 3"]
+    with pytest.raises(ValueError, match=r"InterleavingConfig.num_learners=3 .*len\(run_search"):
+        run_in_process(["gin/demo.gin", "gin/smoke.gin"], bindings, tmp_path)
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     bindings = [
         # Validation at the current weights and one round: the losses of iteration 1 are taken
         # before any weight moves, so iteration 1 is finite and iteration 2 is not.
-        "run_search.mode = 'first_order'",
-        "run_search.rounds = 1",
+        "InterleavingConfig.mode = 'first_order'",
+        "InterleavingConfig.rounds = 1",
         "run_search.learning_rate = 1e30",
         "run_search.learning_rate_min = 1e30",
         "run_search.checkpoint_every_steps = 1",

@@ -29,7 +29,7 @@ from search_fixtures import (
 LAUNCHER = (os.path.join(ROOT, "tests", "logical_cpus.py"), "2")
 # Demo data and supernet at smoke size, 3 first-order iterations of global batch 8.
 BINDINGS = [
-    "run_search.mode = 'first_order'",
+    "InterleavingConfig.mode = 'first_order'",
     "run_search.batch_size = 8",
     "run_search.epochs = 1",
     "run_search.steps_per_epoch = 3",

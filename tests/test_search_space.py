@@ -3,6 +3,7 @@ parameter counts, and float64 finite-difference checks of first- and second-orde
 DARTS) gradients through the supernet."""
 
 import contextlib
+import json
 
 import keras
 import numpy as np
@@ -90,9 +91,12 @@ def test_mixing_weights_are_a_softmax():
         np.testing.assert_allclose(w.sum(axis=-1), 1.0, rtol=1e-6)
         assert np.all(w > 0)
         np.testing.assert_allclose(w, np_softmax(alpha.numpy().astype(np.float64)), rtol=1e-5)
-    wn2, wr2 = ss.Architecture.mixing_weights(arch.alpha_normal, arch.alpha_reduce)
+    wn2, wr2 = arch.mixing(arch.parameters)
     np.testing.assert_array_equal(wn2.numpy(), wn.numpy())
     np.testing.assert_array_equal(wr2.numpy(), wr.numpy())
+    assert arch.parameters == arch.alphas
+    assert arch.objective_terms(arch.parameters) is None
+    assert ss.SearchEncoder(2, 3).mixing_shape == (14, 8)
 
 
 def test_genotype_follows_alphas():
@@ -111,9 +115,9 @@ def test_genotype_follows_alphas():
 
 
 def test_architecture_rejects_bad_hparams():
-    with pytest.raises(ValueError, match="conv_7x7"):
+    with pytest.raises(ValueError, match=r"primitives=.*conv_7x7.*is invalid"):
         ss.Architecture(primitives=("none", "conv_7x7"))
-    with pytest.raises(ValueError, match="duplicates"):
+    with pytest.raises(ValueError, match=r"primitives=\('none', 'none'\) is invalid.*duplicates"):
         ss.Architecture(primitives=("none", "none"))
     with pytest.raises(ValueError, match="-1"):
         ss.Architecture(init_scale=-1.0)
@@ -302,7 +306,20 @@ def test_classifier_head_layer():
     )
 
 
-def derived_supernet_params(channels, layers, num_classes, steps=4, multiplier=4, stem=3):
+def op_params(op, c, stride):
+    """Trainable parameters of one candidate op on a C-channel edge (non-affine BNs: none)."""
+    return {
+        "sep_conv_3x3": 2 * (9 * c + c * c),
+        "sep_conv_5x5": 2 * (25 * c + c * c),
+        "dil_conv_3x3": 9 * c + c * c,
+        "dil_conv_5x5": 25 * c + c * c,
+        "skip_connect": c * c if stride == 2 else 0,  # FactorizedReduce(C, C): two C/2 halves
+    }.get(op, 0)  # none, pools
+
+
+def derived_supernet_params(
+    channels, layers, num_classes, steps=4, multiplier=4, stem=3, edge_primitives=None
+):
     """Trainable parameters of the reference DARTS supernet, from the layer rules."""
     c_stem = stem * channels
     total = 3 * 3 * 3 * c_stem + 2 * c_stem  # stem conv (no bias) + affine BN
@@ -313,14 +330,15 @@ def derived_supernet_params(channels, layers, num_classes, steps=4, multiplier=4
             c *= 2
         total += c_pp * c  # preprocess0: 1x1 ReLUConvBN or FactorizedReduce (two C/2 halves)
         total += c_p * c  # preprocess1: 1x1 ReLUConvBN; non-affine BNs have no parameters
+        edge = 0
         for node in range(steps):
             for source in range(2 + node):
                 stride = 2 if reduction and source < 2 else 1
-                total += 2 * (9 * c + c * c)  # sep_conv_3x3
-                total += 2 * (25 * c + c * c)  # sep_conv_5x5
-                total += 9 * c + c * c  # dil_conv_3x3
-                total += 25 * c + c * c  # dil_conv_5x5
-                total += c * c if stride == 2 else 0  # skip_connect = FactorizedReduce(C, C)
+                edge_ops = (
+                    PRIMITIVES if edge_primitives is None else edge_primitives[reduction][edge]
+                )
+                total += sum(op_params(op, c, stride) for op in edge_ops)
+                edge += 1
         c_pp, c_p = c_p, multiplier * c
     return total + c_p * num_classes + num_classes
 
@@ -341,23 +359,6 @@ def test_supernet_parameter_count():
     assert not any("alpha" in v.path for v in encoder.weights)
 
 
-def test_trace_cells_gives_the_same_output():
-    images = tf.constant(rng_normal((2, 8, 8, 3), seed=20))
-    wn, wr = random_mixing_weights(21), random_mixing_weights(22)
-    plain = ss.SearchEncoder(2, 3, trace_cells=False, dtype="float64")
-    traced = ss.SearchEncoder(2, 3, trace_cells=True, dtype="float64")
-    expected = plain(images, wn, wr)
-    traced.build(images.shape)
-    traced.set_weights(plain.get_weights())
-    out = traced(images, wn, wr)
-    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
-    # A second input (same shapes, no retrace) still agrees.
-    images2 = tf.constant(rng_normal((2, 8, 8, 3), seed=23))
-    np.testing.assert_allclose(
-        traced(images2, wr, wn).numpy(), plain(images2, wr, wn).numpy(), rtol=1e-10, atol=1e-12
-    )
-
-
 # ----------------------------------------------------------------------------- gradients
 
 
@@ -372,6 +373,7 @@ def tiny_float64_problem():
     encoder.build(images.shape)
     head.build((None, encoder.output_channels))
     n_encoder = len(encoder.trainable_variables)
+    architecture = ss.Architecture()
     weights = [
         tf.constant(v.numpy()) for v in encoder.trainable_variables + head.trainable_variables
     ]
@@ -381,7 +383,7 @@ def tiny_float64_problem():
 
     def loss(weights, alpha_normal, alpha_reduce, batch):
         images, labels = batch
-        mixing = ss.Architecture.mixing_weights(alpha_normal, alpha_reduce)
+        mixing = architecture.mixing([alpha_normal, alpha_reduce])
         features, _ = encoder.stateless_call(weights[:n_encoder], [], images, *mixing)
         logits, _ = head.stateless_call(weights[n_encoder:], [], features)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
@@ -492,3 +494,191 @@ def test_weight_gradient_at_stepped_weights_matches_finite_differences(tiny_floa
         analytic = sum(np.sum(g.numpy() * d) for g, d in zip(grads, direction))
         assert abs(analytic) > 1e-3
         assert abs(analytic - numeric) < 1e-5 * abs(analytic), (analytic, numeric)
+
+
+# ----------------------------------------------------------------------------- per-edge subsets
+
+
+def random_edge_primitives(seed, n_ops=3, steps=4):
+    """Random per-edge op subsets (random column order) for both cells."""
+    rng = np.random.default_rng(seed)
+    edges = ss.num_edges(steps)
+    return tuple(
+        tuple(
+            tuple(str(p) for p in rng.choice(PRIMITIVES, n_ops, replace=False))
+            for _ in range(edges)
+        )
+        for _ in range(2)
+    )
+
+
+def scatter_columns(weights, edge_ops, primitives=PRIMITIVES):
+    """Subset mixing weights ``(edges, n_ops)`` as full ``(edges, len(primitives))`` ones."""
+    weights = np.asarray(weights)
+    full = np.zeros((len(edge_ops), len(primitives)), weights.dtype)
+    for e, names in enumerate(edge_ops):
+        for j, name in enumerate(names):
+            full[e, primitives.index(name)] = weights[e, j]
+    return full
+
+
+def copy_subset_kernels(subset_cell, full_cell):
+    """Copies a full per-edge SearchCell's kernels into a subset one, op by op and edge by edge."""
+    for mine, theirs in ((subset_cell.preprocess0, full_cell.preprocess0),
+                         (subset_cell.preprocess1, full_cell.preprocess1)):  # fmt: skip
+        for k, v in zip(mine.kernels, theirs.kernels):
+            k.assign(v)
+    for mine, theirs in zip(subset_cell.edges, full_cell.edges):
+        by_name = {op.name: op for op in theirs.candidates}
+        for op in mine.candidates:
+            for k, v in zip(op.kernels, by_name[op.name].kernels, strict=True):
+                k.assign(v)
+
+
+@pytest.mark.parametrize("case", ["normal", "reduction", "reduction_after_reduction"])
+def test_subset_cell_equals_full_cell_with_scattered_weights(case):
+    reduction, reduction_prev, h0, h1, _ = CELL_CASES[case]
+    edge_ops = random_edge_primitives(50)[reduction]
+    full = make_cell(reduction, reduction_prev, h0, h1)
+    subset = ss.SearchCell(
+        6, 5, 2, reduction, reduction_prev, edge_primitives=edge_ops, dtype="float64"
+    )
+    subset.build((2, h0, h0, 6), (2, h1, h1, 5))
+    copy_subset_kernels(subset, full)
+    assert [e.primitives for e in subset.edges] == list(edge_ops)
+    s0 = tf.constant(rng_normal((2, h0, h0, 6), seed=51))
+    s1 = tf.constant(rng_normal((2, h1, h1, 5), seed=52))
+    weights = tf.constant(rng_normal((14, 3), seed=53))  # not normalised: every entry matters
+    full_weights = tf.constant(scatter_columns(weights, edge_ops))
+    probe = tf.constant(rng_normal(full(s0, s1, full_weights).shape, seed=54))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([s0, s1, weights, full_weights])
+        out = subset(s0, s1, weights)
+        expected = full(s0, s1, full_weights)
+        loss, full_loss = tf.reduce_sum(out * probe), tf.reduce_sum(expected * probe)
+    assert np.abs(expected.numpy()).max() > 0.1
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-11, atol=1e-12)
+    g0, g1, gw = tape.gradient(loss, [s0, s1, weights])
+    f0, f1, fw = tape.gradient(full_loss, [s0, s1, full_weights])
+    np.testing.assert_allclose(g0.numpy(), f0.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g1.numpy(), f1.numpy(), rtol=1e-10, atol=1e-12)
+    # The subset weights' gradient is the full one's at the subset columns.
+    expected_gw = [
+        [fw.numpy()[e, PRIMITIVES.index(n)] for n in names] for e, names in enumerate(edge_ops)
+    ]
+    np.testing.assert_allclose(gw.numpy(), expected_gw, rtol=1e-10, atol=1e-12)
+    # The full cell with another weight on an op outside the subsets differs: the test sees it.
+    missing = [
+        (e, PRIMITIVES.index(p))
+        for e, n in enumerate(edge_ops)
+        for p in PRIMITIVES[1:]
+        if p not in n
+    ]
+    changed = full_weights.numpy().copy()
+    changed[missing[0]] = 1.0
+    assert np.abs(full(s0, s1, tf.constant(changed)).numpy() - expected.numpy()).max() > 1e-3
+
+
+@pytest.mark.parametrize("cell_impl", ["per_edge", "fused"])
+def test_subset_supernet_parameter_count(cell_impl):
+    edge_primitives = random_edge_primitives(60)
+    encoder = ss.SearchEncoder(4, 5, cell_impl=cell_impl, edge_primitives=edge_primitives)
+    encoder.build((None, 16, 16, 3))
+    head = ss.ClassifierHead(10)
+    head.build((None, encoder.output_channels))
+    total = count_params(encoder.trainable_weights) + count_params(head.trainable_weights)
+    expected = derived_supernet_params(4, 5, 10, edge_primitives=edge_primitives)
+    assert total == expected
+    assert expected < derived_supernet_params(4, 5, 10)  # absent ops have no parameters
+    assert encoder.mixing_shape == (14, 3)
+    for cell in encoder.cells:
+        assert cell.edge_primitives == edge_primitives[cell.reduction]
+
+
+def test_subset_genotype_maps_columns_to_op_names():
+    normal = tuple(("none", "max_pool_3x3", "sep_conv_3x3") if e % 2 else ("dil_conv_5x5", "none", "skip_connect") for e in range(14))  # fmt: skip
+    reduce = tuple(("avg_pool_3x3", "sep_conv_5x5", "none") for _ in range(14))
+    arch = ss.Architecture(edge_primitives=(normal, reduce))
+    assert tuple(arch.alpha_normal.shape) == (14, 3) and arch.parameters == arch.alphas
+    alpha = np.zeros((14, 3), np.float32)
+    alpha[:, 0] = 9.0  # column 0: 'none' on odd edges (excluded), dil_conv_5x5 on even ones
+    alpha[:, 2] = 5.0  # column 2: sep_conv_3x3 on odd edges, skip_connect on even ones
+    arch.alpha_normal.assign(alpha)
+    alpha = np.zeros((14, 3), np.float32)
+    alpha[:, 2] = 9.0  # 'none' everywhere: excluded, so the second-best column wins
+    alpha[:, 1] = 4.0
+    arch.alpha_reduce.assign(alpha)
+    genotype = arch.genotype()
+    # Node 0 edges (0: even, 1: odd): edge 0's dil_conv_5x5 (softmax 0.98) beats edge 1's
+    # sep_conv_3x3 (0.018); the ranked order is kept.
+    assert genotype.normal[:2] == (("dil_conv_5x5", 0), ("sep_conv_3x3", 1))
+    edges_of_node = [range(0, 2), range(2, 5), range(5, 9), range(9, 14)]
+    for node, entries in enumerate(zip(genotype.normal[::2], genotype.normal[1::2])):
+        for op, source in entries:
+            edge = edges_of_node[node][source]
+            assert op == ("sep_conv_3x3" if edge % 2 else "dil_conv_5x5")
+    assert [op for op, _ in genotype.reduce] == ["sep_conv_5x5"] * 8
+
+
+def test_subset_config_round_trips():
+    edge_primitives = random_edge_primitives(70, n_ops=2, steps=2)
+    arch = ss.Architecture(steps=2, edge_primitives=edge_primitives)
+    config = arch.get_config()
+    assert config["edge_primitives"] == [[list(s) for s in cell] for cell in edge_primitives]
+    revived = keras.saving.deserialize_keras_object(
+        json.loads(json.dumps(keras.saving.serialize_keras_object(arch)))
+    )
+    assert revived.get_config() == config and revived.edge_primitives == edge_primitives
+    assert ss.Architecture.from_config(config).genotype() is not None
+    images = tf.constant(rng_normal((2, 8, 8, 3), seed=71, dtype=np.float32))
+    weights = tf.constant(np_softmax(rng_normal((5, 2), seed=72)).astype(np.float32))
+    for cell_impl in ("per_edge", "fused"):
+        encoder = run_layer_test(
+            ss.SearchEncoder,
+            dict(
+                channels=2,
+                layers=3,
+                steps=2,
+                multiplier=2,
+                cell_impl=cell_impl,
+                edge_primitives=[[list(s) for s in cell] for cell in edge_primitives],
+            ),
+            (images, weights, weights),
+            (2, 16),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        assert encoder.edge_primitives == edge_primitives
+        cell = encoder.cells[1]
+        assert type(cell).from_config(cell.get_config()).get_config() == cell.get_config()
+
+
+def test_bad_edge_primitives_are_rejected():
+    good = random_edge_primitives(80)
+    with pytest.raises(
+        ValueError, match=r"edge_primitives\[0\]=.* is invalid: expected a list or tuple of 14"
+    ):
+        ss.Architecture(edge_primitives=(good[0][:13], good[1]))
+    uneven = (good[0][:13] + (("none", "skip_connect"),), good[1])
+    with pytest.raises(ValueError, match=r"edge_primitives\[0\]=.*same number of ops"):
+        ss.SearchEncoder(2, 3, edge_primitives=uneven)
+    with pytest.raises(
+        ValueError, match=r"edge_primitives\[1\]\[0\]=\('none', 'none', 'none'\) is invalid"
+    ):
+        ss.Architecture(edge_primitives=(good[0], (("none",) * 3,) + good[1][1:]))
+    with pytest.raises(ValueError, match=r"edge_primitives\[2\]=.*conv_7x7"):
+        ss.SearchCell(
+            4,
+            4,
+            2,
+            False,
+            False,
+            edge_primitives=good[0][:2] + (("conv_7x7", "none", "skip_connect"),) + good[0][3:],
+        )
+    with pytest.raises(ValueError, match=r"edge_primitives\[0\]\[0\]=.*only 'none'"):
+        ss.SearchEncoder(2, 3, edge_primitives=((("none",),) * 14, (("none",),) * 14))
+    with pytest.raises(ValueError, match="same number of ops on every edge of both cells"):
+        ss.Architecture(edge_primitives=(good[0], tuple(e[:2] for e in good[1])))
+    # Subsets must come from ``primitives``.
+    with pytest.raises(ValueError, match=r"edge_primitives\[0\]\[0\]="):
+        ss.Architecture(primitives=("none", "skip_connect"), edge_primitives=good)

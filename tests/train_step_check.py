@@ -2,7 +2,7 @@
 
 Usage: python tests/logical_cpus.py 2 train_step_check OUT.json (tests on PYTHONPATH).
 A tiny linear "network" (no batch statistics, so replicas and one device see the same function)
-takes three ``TrainLoop`` steps with an active gradient-norm clip under the default strategy and
+takes three ``TrainTask`` steps with an active gradient-norm clip under the default strategy and
 under MirroredStrategy over every logical CPU; writes both weight sets and the gradient norms.
 Clipping each replica's gradient before summing (Keras' per-replica ``apply``) would differ.
 """
@@ -17,13 +17,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ilnas_tf import optimizers, train_loop
+from ilnas_tf import optimizers, run_loop, train_loop
 
 BATCH, CLIP = 8, 0.05
 
 
 class Linear(keras.Model):
-    """The smallest model with the attributes TrainLoop uses."""
+    """The smallest model with the attributes TrainTask uses."""
 
     def __init__(self):
         super().__init__(name="linear")
@@ -54,8 +54,7 @@ def train(strategy):
             0.1, momentum=0.9, coupled_weight_decay=1e-3, global_clipnorm=CLIP
         )
         optimizer.build(model.trainable_variables)
-    loop = train_loop.TrainLoop(
-        root_dir=tempfile.mkdtemp(),
+    task = train_loop.TrainTask(
         strategy=strategy,
         model=model,
         optimizer=optimizer,
@@ -63,11 +62,15 @@ def train(strategy):
         eval_dataset=lambda: dataset().take(1),
         global_batch_size=BATCH,
         epochs=1,
-        steps_per_epoch=3,
         learning_rate=lambda epoch: 0.1,
     )
-    iterator = loop._distribute(dataset())
-    losses = [float(loop._train_step(*next(iterator))[0]) for _ in range(3)]
+    phase = run_loop.Phase("train", 1)
+    loop = run_loop.RunLoop(
+        task, root_dir=tempfile.mkdtemp(), strategy=strategy, phases=[phase], steps_per_epoch=3
+    )
+    iterator = loop.distribute(dataset())
+    step = task.compile_step(phase)
+    losses = [float(step(*next(iterator))[0]) for _ in range(3)]
     return [v.numpy().tolist() for v in model.trainable_variables], losses
 
 

@@ -5,7 +5,7 @@ exact DARTS architecture gradient with nested ``GradientTape``s (train loss -> o
 the weights -> validation loss -> d/d alphas). Reports, as JSON: graph ops created from
 Python, trace seconds, first-call seconds (Grappler + first run), steady-state seconds, peak RSS.
 
-  python tools/benchmark_compile.py --channels=4 --layers=3 --batch=4 --trace_cells=false
+  python tools/benchmark_compile.py --channels=4 --layers=3 --batch=4 --cell_impl=per_edge
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ flags.DEFINE_integer("channels", 4, "Initial channels C.")
 flags.DEFINE_integer("layers", 3, "Search cells.")
 flags.DEFINE_integer("batch", 4, "Batch size.")
 flags.DEFINE_integer("image_size", 32, "Image height/width.")
-flags.DEFINE_bool("trace_cells", False, "Wrap each distinct cell in a shared tf.function.")
 flags.DEFINE_enum(
     "cell_impl", "fused", ["per_edge", "fused"], "SearchCell (per_edge) or FusedSearchCell."
 )
@@ -40,19 +39,17 @@ def main(argv):
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     start = time.time()
     arch = search_space.Architecture()
-    encoder = search_space.SearchEncoder(
-        FLAGS.channels, FLAGS.layers, trace_cells=FLAGS.trace_cells, cell_impl=FLAGS.cell_impl
-    )
+    encoder = search_space.SearchEncoder(FLAGS.channels, FLAGS.layers, cell_impl=FLAGS.cell_impl)
     head = search_space.ClassifierHead(10)
     size = FLAGS.image_size
     images = tf.random.normal([FLAGS.batch, size, size, 3])
     labels = tf.random.uniform([FLAGS.batch], 0, 10, tf.int32)
-    head(encoder(images, *arch.mixing_weights(arch.alpha_normal, arch.alpha_reduce)))
+    head(encoder(images, *arch.mixing(arch.parameters)))
     variables = encoder.trainable_variables + head.trainable_variables
     split = len(encoder.trainable_variables)
 
     def loss_fn(weights, alpha_normal, alpha_reduce):
-        mixing = arch.mixing_weights(alpha_normal, alpha_reduce)
+        mixing = arch.mixing([alpha_normal, alpha_reduce])
         features, _ = encoder.stateless_call(weights[:split], [], images, *mixing)
         logits, _ = head.stateless_call(weights[split:], [], features)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
@@ -85,7 +82,6 @@ def main(argv):
         "channels": FLAGS.channels,
         "layers": FLAGS.layers,
         "batch": FLAGS.batch,
-        "trace_cells": FLAGS.trace_cells,
         "cell_impl": FLAGS.cell_impl,
         "grappler": FLAGS.grappler,
         "variables": len(variables),

@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import os
 import resource
-import sys
-import tempfile
 import time
 
 START = time.time()
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -38,7 +35,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from ilnas_tf import network, optimizers, train_loop
+    from ilnas_tf import network, optimizers, run_loop, train_loop
 
     strategy = tf.distribute.get_strategy()
     model = network.NetworkCIFAR(
@@ -49,25 +46,25 @@ def main(argv):
     model.build((None, *shape))
     optimizer = optimizers.TorchSGD(0.025, 0.9, 3e-4, global_clipnorm=5.0)
     optimizer.build(model.trainable_variables)
-    loop = train_loop.TrainLoop(
-        root_dir=tempfile.mkdtemp(prefix="benchmark_train_"),
+    task = train_loop.TrainTask(
         strategy=strategy, model=model, optimizer=optimizer, make_dataset=None,
-        eval_dataset=None, global_batch_size=FLAGS.batch, epochs=1, steps_per_epoch=1,
+        eval_dataset=None, global_batch_size=FLAGS.batch, epochs=1,
         learning_rate=lambda epoch: 0.025, drop_path_rate=0.2, auxiliary_weight=0.4,
     )  # fmt: skip
+    train_step = task.compile_step(run_loop.Phase("train", 1))
     model.drop_path_rate.assign(0.1)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.normal(size=(FLAGS.batch, *shape)).astype(np.float32))
     labels = tf.constant(rng.integers(0, FLAGS.classes, FLAGS.batch).astype(np.int32))
     begin = time.time()
-    float(loop._train_step(images, labels)[0])
+    float(train_step(images, labels)[0])
     first_call = time.time() - begin
     compile_seconds = time.time() - START
-    float(loop._train_step(images, labels)[0])  # warm-up
+    float(train_step(images, labels)[0])  # warm-up
     times = []
     for _ in range(FLAGS.steps):
         begin = time.time()
-        float(loop._train_step(images, labels)[0])
+        float(train_step(images, labels)[0])
         times.append(time.time() - begin)
     step = float(np.median(times))
     print(

@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 flags.DEFINE_string("root_dir", None, "Training run directory (model.json, checkpoints/).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest).")

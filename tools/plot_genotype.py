@@ -16,11 +16,9 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from ilnas_tf import genotype as genotype_lib  # noqa: E402
+from ilnas_tf import genotype as genotype_lib
 
 FORMATS = ("png", "pdf", "svg")
 flags.DEFINE_string("genotype", None, "Name, genotype JSON file, search root_dir or text.")

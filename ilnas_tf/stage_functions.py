@@ -1,0 +1,149 @@
+"""Per-learner stage computations of the hypergradient, and their compiled sharing.
+
+A stage of interleaving learning needs three computations of one learner's loss at given flat
+weights (W, H), mixing weights and a batch, each this replica's share and unweighted:
+
+* ``gradient``: ∇_{W,H} L, the loss and the logits (the virtual and the real SGD step);
+* ``validation``: L, the logits and ∇_{W,H,mixing} L (the validation objective's cotangents);
+* ``mixed``: ∂/∂(mixing[, W, H]) <∇_{W,H} L, d> for a direction d (one virtual step's
+  mixed second derivative in the stage-wise exact hypergradient).
+
+``StageFunctions`` serves them. On one replica it traces each computation once per learner
+*structure* (learners of identical encoder, head and image shape share one trace) as a
+non-inlined ``tf.function``, so an iteration's graph holds one call per stage instead of a
+copy of the supernet per stage and does not grow with K * M. Under a strategy with several
+replicas they are inlined: collective ops (synchronised batch norm) inside one shared function
+body would be traced once for all replicas.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+
+from ilnas_tf import distribution
+
+HVP_METHODS = ("forward_over_reverse", "reverse_over_reverse")
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def _dense(tensors):
+    return [tf.convert_to_tensor(t) for t in tensors]
+
+
+def loss_gradient(learner, encoder, head, normal, reduce, images, labels):
+    """∇_{W,H} L^tr (this replica's share, unweighted), the loss and the logits."""
+    with tf.GradientTape() as tape:
+        tape.watch([encoder, head])
+        loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels)
+    g_encoder, g_head = _dense(tape.gradient(loss, [encoder, head], unconnected_gradients=_ZERO))
+    return g_encoder, g_head, loss, logits
+
+
+def validation_gradient(learner, encoder, head, normal, reduce, images, labels):
+    """L^val, the logits and ∇_{W,H,mixing} L^val (this replica's share, unweighted)."""
+    sources = [encoder, head, normal, reduce]
+    with tf.GradientTape() as tape:
+        tape.watch(sources)
+        loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels)
+    return (loss, logits) + tuple(_dense(tape.gradient(loss, sources, unconnected_gradients=_ZERO)))
+
+
+def mixed_second_derivative(
+    learner, hvp_method, with_weights, encoder, head, normal, reduce, images, labels, d_enc, d_head
+):
+    """∂/∂(mixing[, W, H]) <∇_{W,H} L^tr, (d_enc, d_head)>: one virtual step's VJP.
+
+    The (W, H) parts (a Hessian-vector product) only when ``with_weights``.
+    ``hvp_method='forward_over_reverse'`` uses the symmetry of the Hessian of L in
+    (mixing, W, H): the VJP of ∇_{W,H} L with cotangent d is the JVP of ∇_{mixing,W,H} L in
+    direction (0, d). ``'reverse_over_reverse'`` differentiates <∇_{W,H} L, d> by a second tape.
+    """
+    sources = [normal, reduce] + ([encoder, head] if with_weights else [])
+    if hvp_method == "forward_over_reverse":
+        with tf.autodiff.ForwardAccumulator([encoder, head], [d_enc, d_head]) as accumulator:
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+            grads = _dense(tape.gradient(loss, sources, unconnected_gradients=_ZERO))
+        parts = [accumulator.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+    else:
+        with tf.GradientTape() as outer:
+            outer.watch(sources)
+            with tf.GradientTape() as inner:
+                inner.watch([encoder, head])
+                loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+            g_enc, g_head = _dense(
+                inner.gradient(loss, [encoder, head], unconnected_gradients=_ZERO)
+            )
+            dot = tf.reduce_sum(g_enc * d_enc) + tf.reduce_sum(g_head * d_head)
+        parts = outer.gradient(dot, sources, unconnected_gradients=_ZERO)
+    return tuple(_dense(parts))
+
+
+def _structure_key(learner):
+    """Learners with equal keys compute the same functions of their arguments."""
+
+    def config(layer):
+        values = dict(layer.get_config())
+        values.pop("name", None)
+        return repr(sorted(values.items()))
+
+    return (
+        type(learner),
+        type(learner.encoder),
+        config(learner.encoder),
+        type(learner.head),
+        config(learner.head),
+        learner.image_shape,
+        learner.num_encoder_weights,
+        learner.num_head_weights,
+    )
+
+
+class StageFunctions:
+    """The three stage computations of each learner, traced once per learner structure.
+
+    Args:
+      learners: the engine's learners.
+      hvp_method: one of ``HVP_METHODS`` (see ``mixed_second_derivative``).
+      shared: trace each computation once as a non-inlined ``tf.function`` (one replica
+        only); otherwise inline it at every call.
+    """
+
+    def __init__(self, learners, hvp_method="forward_over_reverse", shared=True):
+        if hvp_method not in HVP_METHODS:
+            raise ValueError(f"hvp_method={hvp_method!r} is invalid: expected one of {HVP_METHODS}")
+        self.learners = list(learners)
+        self.hvp_method = hvp_method
+        self.shared = bool(shared)
+        keys = [_structure_key(item) for item in self.learners]
+        self._representative = [keys.index(key) for key in keys]
+        self._traced = {}
+
+    def _get(self, impl, k, *variant):
+        if not self.shared or distribution.num_replicas() > 1:
+            return functools.partial(impl, self.learners[k], *variant)
+        key = (impl.__name__, self._representative[k]) + variant
+        if key not in self._traced:
+            learner = self.learners[self._representative[k]]
+            self._traced[key] = tf.function(
+                functools.partial(impl, learner, *variant),
+                autograph=False,
+                experimental_attributes={"_noinline": True},
+            )
+        return self._traced[key]
+
+    def gradient(self, k):
+        """``f(encoder, head, normal, reduce, images, labels) -> (g_enc, g_head, loss, logits)``."""
+        return self._get(loss_gradient, k)
+
+    def validation(self, k):
+        """``f(encoder, head, normal, reduce, images, labels) -> (loss, logits, d_enc, d_head,
+        d_normal, d_reduce)``."""
+        return self._get(validation_gradient, k)
+
+    def mixed(self, k, with_weights):
+        """``f(encoder, head, normal, reduce, images, labels, d_enc, d_head) -> parts``."""
+        return self._get(mixed_second_derivative, k, self.hvp_method, bool(with_weights))
