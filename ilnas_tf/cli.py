@@ -2,9 +2,13 @@
 
 Both commands take the same flags (defined once here, so that both modules can be imported in
 one process): ``--gin_file`` (repeatable, applied in order), ``--gin_bindings`` (repeatable),
-``--root_dir`` (each command has its own default) and ``--strategy``. ``run`` is the whole
-main: a first line at once, gin parsed from the flags, the command's run function, one-line
-``ilnas_tf.<command>: error: ...`` messages with exit status 1, and an exit that skips the
+``--root_dir`` (each command has its own default), ``--strategy``, and ``--fresh_start`` /
+``--force_resume`` (what to do with a ``root_dir`` holding a run with other settings; see
+``run_dir``). ``run`` is the whole main: a first line at once, gin parsed from the flags (each
+file and binding on its own, so that an error names its source), the command's run function,
+one-line ``ilnas_tf.<command>: error: ...`` messages with exit status 1, one line
+``ilnas_tf.<command>: interrupted at step N; rerun the same command to resume`` on SIGTERM /
+SIGINT (exit status 128 + the signal; ``preemption``), and an exit that skips the
 interpreter's teardown after success.
 
 Default gin files are found relative to the repository root (``REPO_ROOT``), which is where
@@ -16,11 +20,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 
 import gin
+from ilnas_tf import preemption
 
 FLAGS = flags.FLAGS
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +40,18 @@ flags.DEFINE_enum(
     ["default", "mirrored", "multi_worker"],
     "Distribution strategy (overrides the gin value): one device, all local GPUs, or "
     "MultiWorkerMirroredStrategy from TF_CONFIG.",
+)
+flags.DEFINE_bool(
+    "fresh_start",
+    False,
+    "Delete the run outputs in --root_dir (checkpoints, summaries, results, ...) and start a "
+    "new run there.",
+)
+flags.DEFINE_bool(
+    "force_resume",
+    False,
+    "Resume the run in --root_dir even though its defining settings differ from the recorded "
+    "ones (the change is recorded in run.json).",
 )
 
 # Raised by both runs for missing data and diverging losses (and ValueError for bad inputs):
@@ -67,15 +85,44 @@ def setup(command, default_gin_files, configurables=()):
         logging.set_verbosity(logging.WARNING)  # keep TFDS' INFO lines out of the console
     tfds.disable_progress_bar()
     gin.add_config_file_search_path(REPO_ROOT)  # "include 'gin/...'" from any directory
-    try:
-        gin.parse_config_files_and_bindings(
-            FLAGS.gin_file or list(default_gin_files), FLAGS.gin_bindings
-        )
-    except (ValueError, OSError, ImportError) as error:  # unknown binding, bad value, no file
-        sys.exit(f"ilnas_tf.{command}: bad gin configuration: {error}")
+    parse_gin(command, FLAGS.gin_file or list(default_gin_files), FLAGS.gin_bindings)
     root_dir = FLAGS.root_dir or os.path.join(os.getcwd(), "runs", command)
+    if not root_dir.strip():
+        sys.exit(f"ilnas_tf.{command}: error: --root_dir='' is invalid: expected a directory")
     overrides = {"strategy": FLAGS.strategy} if FLAGS.strategy else {}
+    for name in ("fresh_start", "force_resume"):
+        if FLAGS[name].value:
+            overrides[name] = True
+    if FLAGS.fresh_start and FLAGS.force_resume:
+        sys.exit(f"ilnas_tf.{command}: error: pass --fresh_start or --force_resume, not both")
     return root_dir, overrides
+
+
+def one_line(text):
+    """``text`` as one line: gin's "In call to configurable ..." suffix removed, every run of
+    whitespace (newlines included) made one space."""
+    text = re.sub(r"\s*In call to configurable '[^']*' \(<[^>]*>\)", "", str(text))
+    return " ".join(text.split())
+
+
+def parse_gin(command, files, bindings):
+    """Parses each gin file, then each binding; exits with one line naming the bad source.
+
+    Any exception of gin's parser counts (``ValueError`` for unknown names,
+    ``SyntaxError`` and ``tokenize.TokenError`` for bad syntax, ``OSError`` and
+    ``UnicodeDecodeError`` for unreadable files, ``ImportError``).
+    """
+    sources = [(f"--gin_file={path!r}", gin.parse_config_file, path) for path in files]
+    sources += [(f"--gin_bindings={text!r}", gin.parse_config, text) for text in bindings]
+    for source, parse, value in sources:
+        try:
+            parse(value)
+        except Exception as error:  # noqa: BLE001 (every parse failure: one line)
+            sys.exit(
+                f"ilnas_tf.{command}: bad gin configuration in {source}: "
+                f"{type(error).__name__}: {one_line(error)}"
+            )
+    gin.finalize()
 
 
 def run(command, run_fn, default_gin_files, errors=ERRORS, configurables=(), overrides=None):
@@ -90,14 +137,21 @@ def run(command, run_fn, default_gin_files, errors=ERRORS, configurables=(), ove
       configurables: modules registering the gin configurables the files bind.
       overrides: keyword arguments from command-specific flags (``--genotype``).
     """
-    print(f"ilnas_tf.{command}: starting (loading TensorFlow) ...", flush=True)
-    root_dir, flag_overrides = setup(command, default_gin_files, configurables)
-    errors = (ValueError, *(_resolve(name) for name in errors))
+    preemption.install()
     try:
-        run_fn(root_dir=root_dir, **flag_overrides, **(overrides or {}))
-    except errors as error:
-        sys.exit(f"ilnas_tf.{command}: error: {error}")
-    exit_after_success()
+        print(f"ilnas_tf.{command}: starting (loading TensorFlow) ...", flush=True)
+        root_dir, flag_overrides = setup(command, default_gin_files, configurables)
+        errors = (ValueError, *(_resolve(name) for name in errors))
+        try:
+            run_fn(root_dir=root_dir, **flag_overrides, **(overrides or {}))
+        except errors as error:
+            sys.exit(f"ilnas_tf.{command}: error: {one_line(error)}")
+    except (preemption.Interrupted, KeyboardInterrupt) as error:
+        message = error if isinstance(error, preemption.Interrupted) else "interrupted"
+        code = getattr(error, "exit_code", 130)
+        print(f"ilnas_tf.{command}: {one_line(message)}", file=sys.stderr, flush=True)
+        exit_now(code)
+    exit_now(0)
 
 
 def console_main(main, module):
@@ -129,8 +183,8 @@ def remove_autograph_files():
                 pass
 
 
-def exit_after_success():
-    """Flushes every output and exits 0 without the interpreter's teardown.
+def exit_now(code=0):
+    """Flushes every output and exits with ``code`` without the interpreter's teardown.
 
     With several replicas, TF 2.21 can stall for minutes destroying distributed input
     iterators at exit; every output is already written and closed here.
@@ -139,4 +193,4 @@ def exit_after_success():
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

@@ -548,6 +548,11 @@ def load_genotype(spec):
     if isinstance(spec, Genotype):
         return spec
     if isinstance(spec, str):
+        if not spec.strip():
+            raise ValueError(
+                f"genotype {spec!r} is invalid: expected a genotype name "
+                f"({', '.join(NAMED_GENOTYPES)}), genotype text, a JSON file or a search root_dir"
+            )
         if spec in NAMED_GENOTYPES:
             return NAMED_GENOTYPES[spec]
         if spec.strip().startswith("Genotype("):
@@ -570,6 +575,8 @@ def load_genotype(spec):
             text = handle.read()
     except OSError as error:
         raise ValueError(f"cannot read genotype file {path!r}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"invalid genotype file {path!r}: not UTF-8 text ({error})") from None
     try:
         return Genotype.from_json(text)
     except ValueError as error:

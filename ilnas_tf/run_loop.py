@@ -14,7 +14,15 @@ global: the phase of a step is a function of the step alone, so a run resumed fr
 checkpoint continues in the phase it was in. Each kind of phase gets its own compiled step.
 
 A checkpoint is complete or absent: TensorFlow writes the index file that names the latest
-checkpoint only after the checkpoint's files.
+checkpoint only after the checkpoint's files. A checkpoint holds only a state that passed the
+finiteness check: before each save every floating-point variable of the checkpoint is checked,
+and a non-finite one stops the run naming the previous (good) checkpoint. Restoring falls back
+to the newest readable checkpoint when newer ones are unreadable (truncated, corrupted), says
+so, and moves the unreadable files to ``checkpoints/unreadable/``.
+
+SIGTERM and SIGINT (``preemption``) stop the loop at the next step boundary: it saves a
+checkpoint there and raises ``preemption.Interrupted`` ("interrupted at step N; rerun the
+same command to resume").
 """
 
 from __future__ import annotations
@@ -24,14 +32,14 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from ilnas_tf import distribution, progress, run_dir
+from ilnas_tf import distribution, preemption, progress, run_dir
 
 
 class NonFiniteLossError(RuntimeError):
@@ -201,11 +209,13 @@ class RunLoop:
         # every worker resumes from the chief's checkpoints (root_dir is shared storage on a
         # cluster).
         self.checkpoint_dir = os.path.join(root_dir, "checkpoints")
-        save_dir = self.checkpoint_dir
+        self.save_dir = self.checkpoint_dir
         if not self.chief:
             task_id = strategy.extended._cluster_resolver.task_id
-            save_dir = os.path.join(root_dir, f".worker_{task_id}_checkpoints")
-        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir, max_to_keep)
+            self.save_dir = os.path.join(root_dir, f".worker_{task_id}_checkpoints")
+        self.max_to_keep = max_to_keep
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.save_dir, max_to_keep)
+        self._finite = _finiteness_check(task.checkpoint_objects())
         if self.chief:
             self.writer = tf.summary.create_file_writer(os.path.join(root_dir, "summaries"))
         else:
@@ -236,14 +246,67 @@ class RunLoop:
         return iterator
 
     def restore(self):
-        """Restores the latest checkpoint, if any; returns the step it resumes at."""
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
-        return int(self.step.numpy())
+        """Restores the newest readable checkpoint, if any; returns the step it resumes at.
 
-    def save(self):
+        Unreadable newer checkpoints are reported, and the chief moves their files to
+        ``checkpoints/unreadable/``; ValueError when no checkpoint is readable.
+        """
+        state = tf.train.get_checkpoint_state(self.checkpoint_dir)
+        candidates = list(state.all_model_checkpoint_paths) if state else []
+        if state and state.model_checkpoint_path not in candidates:
+            candidates.append(state.model_checkpoint_path)
+        unreadable = []
+        for path in reversed(candidates):
+            if not tf.io.gfile.exists(f"{path}.index"):
+                unreadable.append((path, "its files are missing"))
+                continue
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except Exception as error:  # noqa: BLE001 (any failure: try the next one)
+                unreadable.append((path, " ".join(str(error).split())[:200]))
+                continue
+            if unreadable:
+                self._set_aside(unreadable, path, candidates)
+            step = int(self.step.numpy())
+            print(f"resuming from step {step} of {self.total_steps} ({path})", flush=True)
+            return step
+        if unreadable:
+            raise ValueError(
+                f"no checkpoint in {self.checkpoint_dir} is readable: "
+                + "; ".join(f"{path}: {why}" for path, why in unreadable)
+                + " (pass --fresh_start to start over)"
+            )
+        return 0
+
+    def _set_aside(self, unreadable, good, candidates):
+        """Reports unreadable checkpoints; the chief moves them away and renames the latest."""
+        for path, why in unreadable:
+            print(
+                f"checkpoint {path} is unreadable ({why}); falling back to {good}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not self.chief:
+            return
+        aside = os.path.join(self.checkpoint_dir, "unreadable", time.strftime("%Y%m%d-%H%M%S"))
+        os.makedirs(aside, exist_ok=True)
+        for path, _ in unreadable:
+            for name in tf.io.gfile.glob(f"{path}.*"):
+                shutil.move(name, os.path.join(aside, os.path.basename(name)))
+        bad = {path for path, _ in unreadable}
+        kept = [
+            p for p in candidates if p not in bad and candidates.index(p) <= candidates.index(good)
+        ]
+        tf.compat.v1.train.update_checkpoint_state(
+            self.checkpoint_dir, good, all_model_checkpoint_paths=kept
+        )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.save_dir, self.max_to_keep)
+
+    def save(self, epoch):
+        """Saves a checkpoint of the current state if it is finite; else stops the run."""
+        if not bool(self._finite()):
+            step = int(self.step.numpy())
+            self._stop("a weight or optimizer variable became NaN or Inf", step, epoch)
         path = self.manager.save(checkpoint_number=int(self.step.numpy()))
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
@@ -258,14 +321,39 @@ class RunLoop:
 
     def _stop(self, description, step, epoch):
         raise NonFiniteLossError(
-            f"{description} at step {step} (epoch {epoch}); {self.task.stopped}. Last good "
+            f"{description} at step {step} (epoch {epoch + 1}); {self.task.stopped}. Last good "
             f"checkpoint: {tf.train.latest_checkpoint(self.checkpoint_dir) or 'none'} "
-            f"({self.task.advice})"
+            f"({self.task.advice}; then rerun with --fresh_start, or with --force_resume to "
+            "continue from that checkpoint)"
+        )
+
+    def _interrupted(self, signum, step, saved):
+        where = f"checkpoint {saved} saved" if saved else "nothing new to save"
+        return preemption.Interrupted(
+            f"interrupted at step {step}; rerun the same command to resume "
+            f"({preemption.signal_name(signum)}, {where})",
+            signum,
         )
 
     # ------------------------------------------------------------------ the loop
     def run(self):
-        """Runs until ``total_steps``; returns the results dict (also in results.json)."""
+        """Runs until ``total_steps``; returns the results dict (also in results.json).
+
+        Raises ``preemption.Interrupted`` after saving a checkpoint at the step boundary that
+        follows a SIGTERM / SIGINT, and ``NonFiniteLossError`` on a NaN / Inf loss or state.
+        """
+        with preemption.deferred(self._second_signal) as pending:
+            results = self._loop(pending)
+        return results
+
+    def _second_signal(self, signum):
+        step = int(self.step.numpy())
+        return (
+            f"interrupted at step {step}; rerun the same command to resume "
+            f"({preemption.signal_name(signum)} twice: stopped without a final checkpoint)"
+        )
+
+    def _loop(self, pending):
         task = self.task
         start_step = self.restore()
         started = time.time()
@@ -278,6 +366,8 @@ class RunLoop:
         epoch_records, epoch_start, first_step_seconds = [], time.time(), None
         current_epoch, current_phase = None, None
         while step < self.total_steps:
+            if pending:
+                raise self._interrupted(pending.signum, step, None)
             epoch = step // self.steps_per_epoch
             if epoch != current_epoch:
                 phase = phase_at(self.phases, epoch)
@@ -327,13 +417,27 @@ class RunLoop:
                     flush=True,
                 )
                 epoch_records, epoch_start = [], time.time()
-            if end_of_epoch or step % self.checkpoint_every_steps == 0:
-                self.save()
-        with self.writer.as_default(step=int(self.step.numpy())):
-            task_results = task.finish(int(self.step.numpy()))
+            if end_of_epoch or step % self.checkpoint_every_steps == 0 or pending:
+                path = self.save(epoch)
+                if pending:
+                    raise self._interrupted(pending.signum, step, path)
+        preemption.install()  # the final evaluation: the last checkpoint is saved
+        try:
+            return self._finish(step, start_step, started, first_step_seconds)
+        except preemption.Interrupted as error:
+            raise preemption.Interrupted(
+                f"interrupted at step {step} during the final evaluation; rerun the same "
+                f"command to resume ({preemption.signal_name(error.signum)}; the checkpoint of "
+                f"step {step} is saved)",
+                error.signum,
+            ) from None
+
+    def _finish(self, step, start_step, started, first_step_seconds):
+        with self.writer.as_default(step=step):
+            task_results = self.task.finish(step)
         self.writer.flush()
         results = {
-            "steps": int(self.step.numpy()),
+            "steps": step,
             "epochs": self.epochs,
             "resumed_from_step": start_step,
             "seconds": time.time() - started,
@@ -345,6 +449,36 @@ class RunLoop:
                 os.path.join(self.root_dir, "results.json"), json.dumps(results, indent=2)
             )
         return results
+
+
+def _float_variables(objects):
+    """The floating-point variables held by ``objects`` (trackables, dicts, lists, variables)."""
+    found, seen, stack = [], set(), list(objects)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, tf.Variable):
+            if id(item) not in seen and item.dtype.is_floating:
+                seen.add(id(item))
+                found.append(item)
+        elif hasattr(item, "variables"):
+            stack.extend(item.variables)
+    return found
+
+
+def _finiteness_check(objects):
+    """A compiled ``() -> bool tensor``: every float variable of ``objects`` is finite."""
+    variables = _float_variables(list(objects.values()))
+
+    @tf.function(autograph=False)
+    def finite():
+        checks = [tf.reduce_all(tf.math.is_finite(v)) for v in variables]
+        return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+    return finite
 
 
 def _means(records):

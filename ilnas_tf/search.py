@@ -14,6 +14,7 @@ algorithm's hyperparameters are ``engine.InterleavingConfig``'s (``InterleavingC
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -27,7 +28,7 @@ EVAL_BATCH_SIZE = 250  # the final search-val evaluation (forward passes only)
 DEMO_GIN = os.path.join(cli.REPO_ROOT, "gin", "demo.gin")
 
 
-@gin.configurable
+@gin.configurable(denylist=["fresh_start", "force_resume"])
 def run_search(
     root_dir,
     datasets=("cifar10",),
@@ -51,8 +52,14 @@ def run_search(
     summary_every_steps=10,
     checkpoint_every_steps=200,
     max_to_keep=3,
+    fresh_start=False,
+    force_resume=False,
 ):
     """Runs (or resumes) an interleaving-learning architecture search.
+
+    Every keyword is checked first (``check_settings``); then ``root_dir``'s run record
+    (``run_dir.check_run``): the same settings resume (a complete run says so and changes
+    nothing), other defining settings are refused before anything is written.
 
     The algorithm's hyperparameters (K=len(datasets) aside) are ``engine.InterleavingConfig``'s,
     bound in gin: ``InterleavingConfig.rounds = 2``, ``InterleavingConfig.mode = 'exact'``,
@@ -84,6 +91,8 @@ def run_search(
       strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (TF_CONFIG).
       summary_every_steps, checkpoint_every_steps, max_to_keep: outputs (see
         ``run_loop.RunLoop``).
+      fresh_start, force_resume: the ``--fresh_start`` / ``--force_resume`` flags (not
+        bindable in gin; see ``run_dir``).
 
     Returns:
       The results dict written to ``root_dir/results.json``. The trained weights are in
@@ -93,6 +102,9 @@ def run_search(
       Keras layers); with an engine of your own, call ``engine.sync_layers()`` and read
       ``learner.encoder``.
     """
+    arguments = {
+        k: v for k, v in locals().items() if k not in ("root_dir", "fresh_start", "force_resume")
+    }
     import keras
     import tensorflow as tf
 
@@ -107,13 +119,28 @@ def run_search(
         search_space,
     )
 
-    validation.check_sequence("run_search.datasets", datasets, min_length=1)
-    epochs = validation.check_int("run_search.epochs", epochs, 1)
-    warmup_epochs = validation.check_int("run_search.warmup_epochs", warmup_epochs, 0, epochs)
+    settings = check_settings(arguments)
+    datasets, data_dir, image_size = (settings[k] for k in ("datasets", "data_dir", "image_size"))
+    epochs, warmup_epochs, max_steps = (
+        settings[k] for k in ("epochs", "warmup_epochs", "max_steps")
+    )
+    steps_per_epoch = settings["steps_per_epoch"]
+    learning_rate, learning_rate_min = settings["learning_rate"], settings["learning_rate_min"]
     _refuse_num_learners_binding()
+    config = engine.InterleavingConfig(num_learners=len(datasets))  # the rest from gin
+    identity = run_dir.fingerprint(
+        "run_search",
+        settings,
+        {
+            f"InterleavingConfig.{f.name}": getattr(config, f.name)
+            for f in dataclasses.fields(config)
+        },
+    )
+    state, record = run_dir.check_run(
+        root_dir, "search", identity, fresh_start=fresh_start, force_resume=force_resume
+    )
+    run_dir.check_tf_config(strategy)
     strategy_object = distribution.make_strategy(strategy)
-    run_dir.check_root_dir(root_dir)
-    print(f"root_dir: {root_dir}", flush=True)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -127,7 +154,6 @@ def run_search(
             f"learners must share one image shape (they share one encoder architecture); got "
             f"{shapes}: set run_search.image_size"
         )
-    config = engine.InterleavingConfig(num_learners=len(datasets))  # the rest from gin
 
     def streams(step=0):
         """Each learner's ``data.SearchData``, positioned for a run resuming at ``step``."""
@@ -154,6 +180,15 @@ def run_search(
         return [(s.train, s.val) for s in (first if step == 0 else streams(step))]
 
     per_epoch = steps_per_epoch or max(1, first[0].num_train // batch_size)
+    total_steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
+    if state == "complete" and record["completed_steps"] >= total_steps:
+        return run_dir.already_complete("search", root_dir, record)
+    run_dir.check_root_dir(root_dir)
+    print(f"root_dir: {root_dir}", flush=True)
+    if distribution.is_chief(strategy_object):
+        run_dir.start_run(
+            root_dir, "search", identity, state, record, step=run_dir.latest_step(root_dir)
+        )
     names = [f"{name.replace('/', '_')}_{k}" for k, name in enumerate(datasets)]
     with strategy_object.scope():
         architecture = search_space.Architecture(steps=nodes, name="architecture")
@@ -226,6 +261,7 @@ def run_search(
     results = loop.run()
     if loop.chief:
         run_dir.write_atomically(config_path, gin.operative_config_str())
+        run_dir.finish_run(root_dir, results["steps"])
     print(f"final genotype: {results['genotype']}")
     for name, accuracy in results["search_val_accuracy"].items():
         print(f"learner {name}: search-val accuracy {accuracy:.3f}")
@@ -237,6 +273,46 @@ def run_search(
     )
     logging.info("results: %s", results)
     return results
+
+
+def check_settings(settings):
+    """``run_search``'s keywords (``root_dir`` aside) checked and converted; ValueError naming
+    the first bad one (``run_search.<name>=<value> is invalid: expected ...``)."""
+    from ilnas_tf import data, distribution, run_dir
+    from ilnas_tf.search_space import CELL_CLASSES
+
+    v, s = validation, dict(settings)
+
+    def name(key):
+        return f"run_search.{key}"
+
+    def dataset(item_name, value):
+        return v.check_choice(item_name, value, tuple(data.DATASETS))
+
+    s["datasets"] = v.check_sequence(name("datasets"), s["datasets"], min_length=1, item=dataset)
+    s["data_dir"] = run_dir.check_data_dir(name("data_dir"), s["data_dir"])
+    v.check_choice(name("split"), s["split"], tuple(data.SEARCH_SPLITS))
+    s["image_size"] = v.check_optional(v.check_int, name("image_size"), s["image_size"], 8)
+    for key in ("channels", "layers", "nodes", "batch_size", "epochs"):
+        s[key] = v.check_int(name(key), s[key], 1)
+    v.check_choice(name("cell_impl"), s["cell_impl"], tuple(CELL_CLASSES))
+    s["warmup_epochs"] = v.check_int(name("warmup_epochs"), s["warmup_epochs"], 0, s["epochs"] - 1)
+    s["steps_per_epoch"] = v.check_optional(
+        v.check_int, name("steps_per_epoch"), s["steps_per_epoch"], 1
+    )
+    s["max_steps"] = v.check_optional(v.check_int, name("max_steps"), s["max_steps"], 0)
+    s["learning_rate"] = v.check_number(
+        name("learning_rate"), s["learning_rate"], 0, exclusive_minimum=True
+    )
+    s["learning_rate_min"] = v.check_number(
+        name("learning_rate_min"), s["learning_rate_min"], 0, s["learning_rate"]
+    )
+    s["seed"] = v.check_int(name("seed"), s["seed"], 0)
+    v.check_bool(name("deterministic"), s["deterministic"])
+    v.check_choice(name("strategy"), s["strategy"], distribution.STRATEGIES)
+    for key in ("summary_every_steps", "checkpoint_every_steps", "max_to_keep"):
+        s[key] = v.check_int(name(key), s[key], 1)
+    return s
 
 
 def _refuse_num_learners_binding():

@@ -36,7 +36,7 @@ EVAL_BATCH_SIZE = 500
 ERROR = "ilnas_tf.export:ExportError"  # besides cli.ERRORS: a run that cannot be exported
 
 
-@gin.configurable
+@gin.configurable(denylist=["fresh_start", "force_resume"])
 def run_train(
     root_dir,
     genotype="DARTS_V2",
@@ -71,8 +71,14 @@ def run_train(
     checkpoint_every_steps=1000,
     max_to_keep=3,
     export=True,
+    fresh_start=False,
+    force_resume=False,
 ):
     """Trains (or resumes) a network built from a genotype, evaluates and exports it.
+
+    Every keyword is checked first (``check_settings``); then ``root_dir``'s run record
+    (``run_dir.check_run``): the same settings resume (a complete run says so and changes
+    nothing), other defining settings are refused before anything is written.
 
     Args:
       root_dir: output directory (layout in ``train_loop``).
@@ -106,10 +112,15 @@ def run_train(
       summary_every_steps, checkpoint_every_steps, max_to_keep: outputs (see
         ``run_loop.RunLoop``).
       export: export the SavedModel and the ``.keras`` file at the end.
+      fresh_start, force_resume: the ``--fresh_start`` / ``--force_resume`` flags (not
+        bindable in gin; see ``run_dir``).
 
     Returns:
       The results dict written to ``root_dir/results.json``.
     """
+    arguments = {
+        k: v for k, v in locals().items() if k not in ("root_dir", "fresh_start", "force_resume")
+    }
     import keras
     import tensorflow as tf
 
@@ -119,14 +130,18 @@ def run_train(
     from ilnas_tf import network as network_lib
 
     resolved = genotype_lib.load_genotype(genotype)  # bad genotypes fail before anything runs
-    validation.check_choice("run_train.network", network, NETWORKS)
-    validation.check_choice("run_train.mixed_precision", mixed_precision, PRECISIONS)
-    validation.check_number("run_train.learning_rate", learning_rate, 0)
-    validation.check_number("run_train.grad_clip", grad_clip, 0)
-    train_loop.learning_rate_at(0, epochs, learning_rate, lr_schedule)  # validates the schedule
+    settings = check_settings(arguments)
+    dataset, data_dir, image_size = (settings[k] for k in ("dataset", "data_dir", "image_size"))
+    epochs, steps_per_epoch, max_steps = (
+        settings[k] for k in ("epochs", "steps_per_epoch", "max_steps")
+    )
+    settings["genotype"] = resolved.to_string()  # a search root_dir's genotype may change
+    identity = run_dir.fingerprint("run_train", settings)
+    state, record = run_dir.check_run(
+        root_dir, "train", identity, fresh_start=fresh_start, force_resume=force_resume
+    )
+    run_dir.check_tf_config(strategy)
     strategy_object = distribution.make_strategy(strategy)
-    run_dir.check_root_dir(root_dir)
-    print(f"root_dir: {root_dir}", flush=True)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
@@ -149,6 +164,14 @@ def run_train(
         return train_data.dataset if start_batch == 0 else train_stream(start_batch).dataset
 
     per_epoch = steps_per_epoch or train_data.steps_per_epoch
+    total_steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
+    if state == "complete" and record["completed_steps"] >= total_steps:
+        return run_dir.already_complete("train", root_dir, record)
+    run_dir.check_root_dir(root_dir)
+    print(f"root_dir: {root_dir}", flush=True)
+    if distribution.is_chief(strategy_object):
+        step = run_dir.latest_step(root_dir)
+        run_dir.start_run(root_dir, "train", identity, state, record, step=step)
     network_class = network_lib.NetworkCIFAR if network == "cifar" else network_lib.NetworkImageNet
     use_auxiliary = bool(auxiliary) and auxiliary_weight > 0
     with strategy_object.scope():
@@ -227,6 +250,7 @@ def run_train(
             run_dir.write_atomically(
                 os.path.join(root_dir, "results.json"), json.dumps(results, indent=2)
             )
+        run_dir.finish_run(root_dir, results["steps"])
     print(
         f"test accuracy {results['test_accuracy']:.4f} (best {results['best_test_accuracy']:.4f}"
         f", top-5 {results['test_top5_accuracy']:.4f}) after {results['steps']} steps"
@@ -238,9 +262,54 @@ def run_train(
     return results
 
 
+def check_settings(settings):
+    """``run_train``'s keywords (``root_dir`` and ``genotype`` aside) checked and converted;
+    ValueError naming the first bad one (``run_train.<name>=<value> is invalid: ...``)."""
+    from ilnas_tf import data, distribution, run_dir, train_loop
+
+    v, s = validation, dict(settings)
+
+    def name(key):
+        return f"run_train.{key}"
+
+    s["dataset"] = v.check_choice(name("dataset"), s["dataset"], tuple(data.DATASETS))
+    s["data_dir"] = run_dir.check_data_dir(name("data_dir"), s["data_dir"])
+    v.check_choice(name("network"), s["network"], NETWORKS)
+    s["image_size"] = v.check_optional(v.check_int, name("image_size"), s["image_size"], 8)
+    for key in ("channels", "layers", "batch_size", "epochs", "eval_every_epochs"):
+        s[key] = v.check_int(name(key), s[key], 1)
+    for key in ("summary_every_steps", "checkpoint_every_steps", "max_to_keep", "seed"):
+        s[key] = v.check_int(name(key), s[key], 1 if key != "seed" else 0)
+    for key in ("auxiliary", "deterministic", "export"):
+        v.check_bool(name(key), s[key])
+    s["cutout_length"] = v.check_int(name("cutout_length"), s["cutout_length"], 0)
+    optional = {"steps_per_epoch": 1, "max_steps": 0}
+    for key, minimum in optional.items():
+        s[key] = v.check_optional(v.check_int, name(key), s[key], minimum)
+    s["learning_rate"] = v.check_number(
+        name("learning_rate"), s["learning_rate"], 0, exclusive_minimum=True
+    )
+    v.check_choice(name("lr_schedule"), s["lr_schedule"], train_loop.SCHEDULES)
+    ranges = {
+        "auxiliary_weight": (0, None),
+        "drop_path_rate": (0, 0.99),
+        "learning_rate_min": (0, s["learning_rate"]),
+        "lr_decay": (0, 1),
+        "momentum": (0, 1),
+        "weight_decay": (0, None),
+        "grad_clip": (0, None),
+        "label_smoothing": (0, 0.99),
+    }
+    for key, (low, high) in ranges.items():
+        s[key] = v.check_number(name(key), s[key], low, high)
+    v.check_choice(name("mixed_precision"), s["mixed_precision"], PRECISIONS)
+    v.check_choice(name("strategy"), s["strategy"], distribution.STRATEGIES)
+    return s
+
+
 def main(argv):
     del argv
-    overrides = {"genotype": FLAGS.genotype} if FLAGS.genotype else None
+    overrides = {"genotype": FLAGS.genotype} if FLAGS["genotype"].present else None
     cli.run("train", run_train, [DEMO_GIN], (*cli.ERRORS, ERROR), overrides=overrides)
 
 

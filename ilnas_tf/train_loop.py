@@ -31,6 +31,8 @@ import tensorflow as tf
 
 from ilnas_tf import run_dir, run_loop
 
+SCHEDULES = ("cosine", "exponential")
+
 
 def learning_rate_at(epoch, epochs, base, schedule="cosine", minimum=0.0, decay=0.97):
     """The learning rate of an epoch (constant within it, as the reference's per-epoch steps).

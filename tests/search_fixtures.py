@@ -11,6 +11,7 @@ import sys
 import time
 
 import data_fixtures
+import numpy as np
 import tensorflow as tf
 
 import gin
@@ -117,6 +118,10 @@ def assert_stopped_keeping_last_good_checkpoint(result, root_dir, message):
     latest = tf.train.latest_checkpoint(root_dir / "checkpoints")
     assert latest is not None and f"Last good checkpoint: {latest}" in result.stderr
     assert not (root_dir / "results.json").exists()
+    reader = tf.train.load_checkpoint(latest)
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_floating:  # a good checkpoint: every weight and optimizer state finite
+            assert np.all(np.isfinite(reader.get_tensor(name))), name
 
 
 def free_ports(count):

@@ -200,8 +200,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_d
         # before any weight moves, so iteration 1 is finite and iteration 2 is not.
         "InterleavingConfig.mode = 'first_order'",
         "InterleavingConfig.rounds = 1",
-        "run_search.learning_rate = 1e30",
-        "run_search.learning_rate_min = 1e30",
+        "run_search.learning_rate = 1e6",  # finite for a few steps, then NaN
+        "run_search.epochs = 4",
         "run_search.checkpoint_every_steps = 1",
     ]
     result = run(command(tmp_path, data_dir, *DEMO, bindings=bindings))
@@ -223,6 +223,18 @@ BAD_INPUTS = {
             tmp_path, data_dir, bindings=["run_search.nonsense = 3"]
         ),
         ["bad gin configuration", "nonsense"],
+    ),
+    "gin_syntax_error": (
+        lambda tmp_path, data_dir: command(
+            tmp_path, data_dir, *DEMO, bindings=["run_search.epochs = ("]
+        ),
+        ["bad gin configuration in --gin_bindings='run_search.epochs = ('"],
+    ),
+    "datasets_string": (
+        lambda tmp_path, data_dir: command(
+            tmp_path, data_dir, *DEMO, bindings=["run_search.datasets = 'ilnas_synthetic/fine'"]
+        ),
+        ["run_search.datasets='ilnas_synthetic/fine' is invalid: expected a list or tuple"],
     ),
     "missing_dataset": (
         lambda tmp_path, data_dir: command(

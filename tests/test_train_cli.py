@@ -207,6 +207,31 @@ def test_saved_model_serves_the_keras_model_without_project_code(trained_run, tm
     assert "[2 28 28 3]" in result.stdout, result.stdout
 
 
+PREDICT = os.path.join(ROOT, "tools", "predict.py")
+
+
+def test_predict_tool_serves_uint8_files_and_refuses_pickles_and_floats(trained_run, tmp_path):
+    root_dir, _ = trained_run
+    saved_model = root_dir / "export" / "saved_model"
+    images = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "floats.npy", images.astype(np.float32) / 255)
+    for name, needle in (("objects.npy", "not a plain numeric"), ("floats.npy", "expected uint8")):
+        refused = run([sys.executable, PREDICT, f"--saved_model={saved_model}",
+                       f"--images={tmp_path / name}"])  # fmt: skip
+        assert refused.returncode != 0 and needle in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+    served = run([sys.executable, PREDICT, f"--saved_model={saved_model}",
+                  f"--images={tmp_path / 'images.npy'}", f"--output={tmp_path / 'out.npz'}"])  # fmt: skip
+    assert served.returncode == 0, served.stderr[-3000:]
+    signature = tf.saved_model.load(os.fspath(saved_model)).signatures["serving_default"]
+    want = signature(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["probabilities"], want, atol=1e-6)
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "tools/predict.py" in readme and "--inputs images=images.npy" not in readme
+
+
 def test_signature_is_documented(trained_run):
     root_dir, _ = trained_run
     serve = tf.saved_model.load(os.fspath(root_dir / "export" / "saved_model")).signatures[
@@ -283,11 +308,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_d
 
 BAD_INPUTS = {
     "unknown_genotype_name": (["--genotype=NOT_A_GENOTYPE"], ["'NOT_A_GENOTYPE'", "DARTS_V2"]),
+    "empty_genotype": (["--genotype="], ["genotype '' is invalid", "DARTS_V2"]),
     "bad_genotype_json": (["--genotype={bad_json}"], ["invalid genotype file", "bad.json"]),
     "unknown_op_in_genotype": (["--genotype={bad_op}"], ["invalid genotype file", "conv_9x9"]),
     "unknown_dataset": (
         ["--gin_bindings=run_train.dataset = 'mnist'"],
-        ["unknown dataset 'mnist'", "cifar10"],
+        ["run_train.dataset='mnist' is invalid", "cifar10"],
     ),
     "unknown_precision": (
         ["--gin_bindings=run_train.mixed_precision = 'fp8'"],
