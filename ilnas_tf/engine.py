@@ -48,6 +48,42 @@ def hypergradient_function(config):
     return HYPERGRADIENTS["exact", method]
 
 
+def chain_diagnostics(result, num_stages):
+    """What TensorBoard shows of the chain (float64; zeros where the mode does not compute it).
+
+    ``stage_hypergradient_norms[s]``: ||stage s's part of dL/dA||; ``chain_cotangent_norms[s]``:
+    ||dL/dW̄_s, dL/dH̄_s||; ``chain_link_gains[s]``: how much the link from stage s back to
+    stage s-1 amplifies a cotangent (``hypergradient.Result.link_gains``);
+    ``chain_amplification``: their product over the chain, the factor by which the last
+    stage's cotangent reaches the first stage (the paper's literal step at lambda=100,
+    eta=0.025 has gains of up to 5 per link; the closed-form step's are below 1).
+    """
+    zeros = tf.zeros([num_stages], tf.float64)
+
+    def stacked(values):
+        if values is None:
+            return zeros
+        return tf.stack(
+            [tf.zeros([], tf.float64) if v is None else tf.cast(v, tf.float64) for v in values]
+        )
+
+    parts = None if result is None else result.stage_parts
+    norms = None
+    if parts is not None:
+        norms = [
+            None if p is None else tf.linalg.global_norm(distribution.all_reduce(p)) for p in parts
+        ]
+    gains = None if result is None else result.link_gains
+    return {
+        "stage_hypergradient_norms": stacked(norms),
+        "chain_cotangent_norms": stacked(None if result is None else result.cotangent_norms),
+        "chain_link_gains": stacked(gains),
+        "chain_amplification": (
+            tf.reduce_prod(stacked(gains)[1:]) if gains is not None else tf.zeros([], tf.float64)
+        ),
+    }
+
+
 class InterleavingEngine:
     """Runs interleaving-learning iterations; owns no data, summaries or checkpoints.
 
@@ -60,7 +96,8 @@ class InterleavingEngine:
       architecture: the shared ``search_space.Architecture`` (A). Its ``parameters`` are
         what the hypergradient differentiates, ``mixing(parameters)`` turns them into the
         encoders' mixing weights and ``objective_terms(parameters)`` adds to the objective.
-      learners: K ``learner.Learner`` objects, indexed like ``config.interleave_order``.
+      learners: K ``learner.Learner`` objects, indexed like ``config.interleave_order``. The
+        engine adds the weight copies the config needs (``weights_per_stage``: one per round).
       config: an ``InterleavingConfig``.
       arch_optimizer: optimizer for A (default: ``optimizers.TorchAdam`` with the config's
         settings). Built here, so create the engine inside ``strategy.scope()`` when
@@ -84,10 +121,12 @@ class InterleavingEngine:
             )
         needed = config.rounds if config.weights_per_stage else 1
         for item in learners:
-            if len(item.states) != needed:
+            if len(item.states) > needed:
                 raise ValueError(
-                    f"learner {item.name} has {len(item.states)} states, config needs {needed}"
+                    f"learner {item.name} has {len(item.states)} weight copies, the config needs "
+                    f"{needed} (weights_per_stage={config.weights_per_stage}, rounds={config.rounds})"
                 )
+            item.add_states(needed - len(item.states))
         self.architecture = architecture
         self.learners = list(learners)
         self.config = config
@@ -124,7 +163,12 @@ class InterleavingEngine:
         return tf.constant(learning_rate, self.dtype)
 
     def problem(self, train_batches, val_batches, learning_rate):
-        """The ``hypergradient.Problem`` of one iteration at the current variable values."""
+        """The ``hypergradient.Problem`` of one iteration at the current variable values.
+
+        With ``'handover'`` the first stage starts from the encoder the last stage of the
+        previous iteration left (the last stage's weight copy), so the handover carries across
+        iterations and every real encoder update is used.
+        """
         starts = []
         for stage in range(len(self.config.stages)):
             state = self._state(stage)
@@ -141,6 +185,8 @@ class InterleavingEngine:
                     )
                 )
             )
+        if self.config.transfer == "handover" and starts:
+            starts[0] = starts[0]._replace(encoder=starts[-1].encoder)
         return hypergradient.Problem(
             config=self.config,
             functions=self.functions,
@@ -161,9 +207,14 @@ class InterleavingEngine:
         L includes the architecture's ``objective_terms``. Under a strategy each replica
         returns its share (the optimizer sums them).
         """
+        return self.arch_gradient_result(train_batches, val_batches, learning_rate)[:3]
+
+    def arch_gradient_result(self, train_batches, val_batches, learning_rate):
+        """The mode's full ``hypergradient.Result`` (per-stage parts, chain cotangents)."""
         problem = self.problem(train_batches, val_batches, learning_rate)
         parameters = self._parameters()
-        grads, losses, accs = hypergradient_function(self.config)(problem, parameters)
+        result = hypergradient_function(self.config)(problem, parameters)
+        grads = result.gradients
         with tf.GradientTape() as tape:
             tape.watch(parameters)
             extra = self.architecture.objective_terms(parameters)
@@ -172,7 +223,7 @@ class InterleavingEngine:
         if extra is not None:
             extra_grads = tape.gradient(extra, parameters)
             grads = [g if e is None else g + e for g, e in zip(grads, extra_grads)]
-        return grads, losses, accs
+        return result._replace(gradients=grads)
 
     def apply_arch_gradient(self, grads):
         """One step of the architecture optimizer (weight decay is the optimizer's)."""
@@ -217,18 +268,21 @@ class InterleavingEngine:
             are then those of the current weights and the hypergradient norm is 0.
         """
         self.check_batches(train_batches, val_batches)
+        num_stages = len(self.config.stages)
         if update_architecture:
-            grads, val_losses, val_accs = self.arch_gradient(
-                train_batches, val_batches, learning_rate
-            )
+            result = self.arch_gradient_result(train_batches, val_batches, learning_rate)
+            grads, val_losses, val_accs = result[:3]
             self.apply_arch_gradient(grads)
             norm = tf.linalg.global_norm(distribution.all_reduce(grads))
+            diagnostics = chain_diagnostics(result, num_stages)
         else:
             val_losses, val_accs = self.validation_metrics(val_batches)
             norm = tf.zeros([], self.architecture.parameters[0].dtype)
+            diagnostics = chain_diagnostics(None, num_stages)
         train_metrics = self.weight_step(train_batches, learning_rate)
         reduce, mean = distribution.all_reduce, tf.distribute.ReduceOp.MEAN
         return {
+            **diagnostics,
             "hypergradient_norm": norm,
             "val_loss": reduce(tf.stack(val_losses)),
             "val_accuracy": reduce(tf.stack(val_accs), mean),

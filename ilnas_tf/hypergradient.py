@@ -46,6 +46,30 @@ class StageStart(NamedTuple):
     head_momentum: tf.Tensor
 
 
+class Result(NamedTuple):
+    """What a hypergradient mode returns.
+
+    Attributes:
+      gradients: dL/dA, a list like the parameters (this replica's share).
+      val_losses, val_accuracies: per learner, at the weights the objective is evaluated at.
+      stage_parts: per stage, that stage's virtual steps' part of ``gradients`` (a list like
+        the parameters), or None where the mode does not decompose it; the direct validation
+        part is the rest.
+      cotangent_norms: per stage, ||dL/dW̄_s, dL/dH̄_s|| (the cotangent of stage s's
+        output), or None where the mode does not compute it.
+      link_gains: per stage s > 0, ||part of dL/dW̄_{s-1} coming through stage s|| /
+        ||dL/dW̄_s||: how much one link of the chain amplifies a cotangent on its way back
+        (0 at stage 0); None where the mode does not compute it.
+    """
+
+    gradients: list
+    val_losses: list
+    val_accuracies: list
+    stage_parts: list | None = None
+    cotangent_norms: list | None = None
+    link_gains: list | None = None
+
+
 class Problem(NamedTuple):
     """Everything one iteration's step math needs besides A.
 
@@ -104,14 +128,57 @@ def virtual_step(config, weights, momentum, gradient, learning_rate):
     )
 
 
+def closed_form(config, stage):
+    """Whether stage ``stage`` applies its proximal pull in closed form (after the step)."""
+    return config.pulls(stage) and config.proximal_step == "closed_form"
+
+
+def proximal_pull(config, stage, encoder, previous, learning_rate):
+    """The proximal operator of lambda ||W - P||^2 with step eta, when the stage has one.
+
+    W' = (Z + 2 eta lambda P) / (1 + 2 eta lambda): a convex combination of the plain step's
+    result Z and P = W̄_{s-1}. Identity unless ``closed_form(config, stage)``.
+    """
+    if not closed_form(config, stage):
+        return encoder
+    pull = 2.0 * config.proximal_strength * learning_rate
+    return (encoder + pull * previous) / (1.0 + pull)
+
+
+def stage_step(problem, stage, weights, gradients, previous):
+    """One (virtual or real) SGD step of a stage, its proximal pull included.
+
+    Args:
+      problem: the iteration's ``Problem``.
+      stage: the stage index.
+      weights: ``(encoder, head, encoder_momentum, head_momentum)``.
+      gradients: ``(g_encoder, g_head)`` from ``stage_gradient`` (the proximal gradient is
+        inside ``g_encoder`` only for ``proximal_step='gradient'``).
+      previous: W̄_{s-1} (None at stage 0).
+
+    Returns:
+      The stepped ``(encoder, head, encoder_momentum, head_momentum)``.
+    """
+    cfg, lr = problem.config, problem.learning_rate
+    encoder, head, enc_buf, head_buf = weights
+    encoder, enc_buf = virtual_step(cfg, encoder, enc_buf, gradients[0], lr)
+    head, head_buf = virtual_step(cfg, head, head_buf, gradients[1], lr)
+    encoder = proximal_pull(cfg, stage, encoder, previous, lr)
+    return StageStart(encoder, head, enc_buf, head_buf)
+
+
 # ---------------------------------------------------------------------- one stage
 def stage_objective(problem, stage, encoder, head, previous, mixing):
-    """c_k L_k^tr + lambda ||W - W_prev||^2 (this replica's share), the loss and the logits."""
+    """c_k L_k^tr + lambda ||W - W_prev||^2 (this replica's share), the loss and the logits.
+
+    The proximal term only for ``proximal_step='gradient'`` (in closed form it is applied
+    after the step, ``proximal_pull``) and when ``previous`` is given.
+    """
     cfg = problem.config
     _, k = cfg.stages[stage]
     loss, logits = _learner_loss(problem, k, encoder, head, mixing, problem.train_batches[stage])
     objective = cfg.train_weight(k) * loss
-    if previous is not None and cfg.proximal_strength > 0:
+    if previous is not None and cfg.pulls(stage) and not closed_form(cfg, stage):
         # Each replica adds its share: the all-reduced gradient sums the shares.
         strength = cfg.proximal_strength / distribution.num_replicas()
         objective += strength * tf.reduce_sum(tf.square(encoder - previous))
@@ -128,7 +195,7 @@ def stage_gradient(problem, stage, encoder, head, previous, mixing, after=()):
     g_encoder, g_head = distribution.all_reduce([g_encoder, g_head])
     weight = cfg.train_weight(k)
     g_encoder, g_head = _scale(weight, g_encoder), _scale(weight, g_head)
-    if previous is not None and cfg.proximal_strength > 0:
+    if previous is not None and cfg.pulls(stage) and not closed_form(cfg, stage):
         g_encoder += 2.0 * cfg.proximal_strength * (encoder - previous)
     return g_encoder, g_head, loss, logits
 
@@ -145,16 +212,17 @@ def unrolled_chain(problem, parameters, differentiable=True):
     mixing = problem.mixing(parameters)
     previous, chain = None, []
     for stage, start in enumerate(problem.starts):
-        encoder, head, enc_buf, head_buf = start
+        weights = start
         if cfg.transfer == "handover" and previous is not None:
-            encoder = previous
+            weights = weights._replace(encoder=previous)
         for _ in range(cfg.unroll_steps):
+            encoder, head = weights[:2]
             with tf.GradientTape() as tape:
                 tape.watch([encoder, head])
                 objective, _, _ = stage_objective(problem, stage, encoder, head, previous, mixing)
             grads = distribution.all_reduce(tape.gradient(objective, [encoder, head]))
-            encoder, enc_buf = virtual_step(cfg, encoder, enc_buf, grads[0], problem.learning_rate)
-            head, head_buf = virtual_step(cfg, head, head_buf, grads[1], problem.learning_rate)
+            weights = stage_step(problem, stage, weights, grads, previous)
+        encoder, head = weights[:2]
         if not differentiable:
             encoder, head = tf.stop_gradient(encoder), tf.stop_gradient(head)
         chain.append((encoder, head))
@@ -189,7 +257,7 @@ def first_order(problem, parameters):
     with tf.GradientTape() as tape:
         tape.watch(parameters)
         total, losses, accs = validation_objective(problem, parameters, current_weights(problem))
-    return tape.gradient(total, parameters), losses, accs
+    return Result(tape.gradient(total, parameters), losses, accs)
 
 
 def exact_nested_tapes(problem, parameters):
@@ -200,7 +268,7 @@ def exact_nested_tapes(problem, parameters):
         chain = unrolled_chain(problem, parameters)
         finals = [chain[cfg.last_stage(k)] for k in range(cfg.num_learners)]
         total, losses, accs = validation_objective(problem, parameters, finals)
-    return tape.gradient(total, parameters), losses, accs
+    return Result(tape.gradient(total, parameters), losses, accs)
 
 
 def finite_difference(problem, parameters):
@@ -209,6 +277,7 @@ def finite_difference(problem, parameters):
     chain = unrolled_chain(problem, parameters, differentiable=False)
     grads = [tf.zeros_like(p) for p in parameters]
     losses, accs = [], []
+    stage_parts = [None] * len(problem.starts)
     for k in range(cfg.num_learners):
         stage = cfg.last_stage(k)
         encoder_bar, head_bar = chain[stage]
@@ -237,11 +306,14 @@ def finite_difference(problem, parameters):
             for sign in (1.0, -1.0)
         )
         lr = problem.learning_rate
-        for i in range(len(parameters)):
-            grads[i] += direct[i] - lr * (plus[i] - minus[i]) / (2.0 * eps)
+        if closed_form(cfg, stage):  # dW̄/dZ = 1 / (1 + 2 eta lambda)
+            lr = lr / (1.0 + 2.0 * cfg.proximal_strength * lr)
+        corrections = [-lr * (p - m) / (2.0 * eps) for p, m in zip(plus, minus)]
+        grads = [g + d + c for g, d, c in zip(grads, direct, corrections)]
+        stage_parts[stage] = corrections
         losses.append(loss)
         accs.append(accuracy(logits, problem.val_batches[k][1]))
-    return grads, losses, accs
+    return Result(grads, losses, accs, stage_parts)
 
 
 def _train_parameter_gradient(problem, parameters, stage, encoder, head):
@@ -258,11 +330,12 @@ def _train_parameter_gradient(problem, parameters, stage, encoder, head):
 def weight_updates(problem, parameters, state_keys):
     """The real SGD steps of every stage in order (DARTS: after the architecture step).
 
-    Learner k's stage takes a PyTorch SGD step on c_k L_k^tr + lambda ||W_k - W_prev||^2 with
-    the gradient clipped by global norm (``optimizers.clip_by_global_norm``), W_prev being the
-    previous stage's freshly updated encoder (a constant); with ``'handover'`` learner k
-    starts from W_prev. Stages that share a weight copy (``state_keys[s]`` equal) update it in
-    turn.
+    Learner k's stage takes a PyTorch SGD step on c_k L_k^tr + lambda ||W_k - W_prev||^2 (the
+    proximal part as ``config.proximal_step`` says) with the loss gradient clipped by global
+    norm (``optimizers.clip_by_global_norm``; jointly over all stages when
+    ``config.clip_jointly``), W_prev being the previous stage's freshly updated encoder (a
+    constant); with ``'handover'`` learner k starts from W_prev. Stages that share a weight
+    copy (``state_keys[s]`` equal) update it in turn.
 
     Args:
       problem: the iteration's ``Problem`` (``starts`` give each copy's values before).
@@ -275,21 +348,38 @@ def weight_updates(problem, parameters, state_keys):
     """
     cfg = problem.config
     mixing = problem.mixing([tf.stop_gradient(p) for p in parameters])
+    if cfg.clip_jointly:
+        return _joint_weight_updates(problem, mixing, state_keys)
     states = {}
     previous, metrics, gate = None, [], ()
     for stage, key in enumerate(state_keys):
-        encoder, head, enc_buf, head_buf = states.get(key, problem.starts[stage])
+        weights = states.get(key, problem.starts[stage])
         if cfg.transfer == "handover" and previous is not None:
-            encoder = previous
+            weights = weights._replace(encoder=previous)
         g_encoder, g_head, loss, logits = stage_gradient(
-            problem, stage, encoder, head, previous, mixing, gate
+            problem, stage, weights.encoder, weights.head, previous, mixing, gate
         )
         grads, _ = optimizers.clip_by_global_norm([g_encoder, g_head], cfg.grad_clip)
         gate = grads
-        lr = problem.learning_rate
-        encoder, enc_buf = virtual_step(cfg, encoder, enc_buf, grads[0], lr)
-        head, head_buf = virtual_step(cfg, head, head_buf, grads[1], lr)
-        states[key] = StageStart(encoder, head, enc_buf, head_buf)
-        previous = tf.stop_gradient(encoder)
+        states[key] = stage_step(problem, stage, weights, grads, previous)
+        previous = tf.stop_gradient(states[key].encoder)
         metrics.append((loss, accuracy(logits, problem.train_batches[stage][1])))
+    return states, metrics
+
+
+def _joint_weight_updates(problem, mixing, state_keys):
+    """Independent stages (MTL, eq. 10): one clip of all stages' gradients, then the steps."""
+    gradients, metrics, gate = [], [], ()
+    for stage, start in enumerate(problem.starts):
+        g_encoder, g_head, loss, logits = stage_gradient(
+            problem, stage, start.encoder, start.head, None, mixing, gate
+        )
+        gate = (g_encoder, g_head)
+        gradients += [g_encoder, g_head]
+        metrics.append((loss, accuracy(logits, problem.train_batches[stage][1])))
+    clipped, _ = optimizers.clip_by_global_norm(gradients, problem.config.grad_clip)
+    states = {}
+    for stage, key in enumerate(state_keys):
+        grads = clipped[2 * stage : 2 * stage + 2]
+        states[key] = stage_step(problem, stage, problem.starts[stage], grads, None)
     return states, metrics

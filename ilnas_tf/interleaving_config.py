@@ -18,6 +18,8 @@ from ilnas_tf.stage_functions import HVP_METHODS
 MODES = ("exact", "finite_difference", "first_order")
 TRANSFERS = ("proximal", "handover")
 EXACT_METHODS = ("stagewise", "nested_tapes")
+PROXIMAL_STEPS = ("closed_form", "gradient")
+GRAD_CLIP_SCOPES = ("auto", "stage")
 
 
 @gin.configurable
@@ -39,7 +41,25 @@ class InterleavingConfig:
       hvp_method: the stage-wise method's mixed second derivative: ``'forward_over_reverse'``
         or ``'reverse_over_reverse'`` (``stage_functions.mixed_second_derivative``).
       unroll_steps: virtual SGD steps per stage (``exact`` mode only).
-      weights_per_stage: one weight copy per (learner, round) stage instead of per learner.
+      weights_per_stage: one weight copy W_k^(m), H_k^(m) per (learner, round) stage, the
+        paper's notation (default): every stage's virtual step starts from the weights its real
+        step starts from, so the chain the hypergradient differentiates is the dynamics the
+        weights follow. ``False``: one copy per learner, stepped M times per iteration by the
+        real updates while every round's virtual step starts from the same W_k (a cheaper
+        approximation, 1/M of the weight memory).
+      proximal_step: how a stage with a proximal pull toward P = W̄_{s-1} steps, in the
+        virtual and the real update alike. ``'closed_form'`` (default): the SGD step on the
+        loss alone, Z = W - eta (mu buf + g + wd W), followed by the proximal operator of
+        lambda ||. - P||^2 with step eta: W' = (Z + 2 eta lambda P) / (1 + 2 eta lambda), a
+        convex combination of Z and P that never overshoots (the chain stays stable at the
+        paper's lambda = 100, eta = 0.025). ``'gradient'``: the paper's literal step with
+        2 lambda (W - P) inside the gradient, whose factor 1 - 2 eta lambda is -4 there (each
+        link of the chain amplifies by up to 5).
+      grad_clip_scope: ``'auto'`` (default): when the stages are independent (M=1, lambda=0,
+        ``'proximal'`` transfer: DARTS and MTL-DARTS, one joint objective, the paper's eq. 10)
+        the real step clips all learners' gradients jointly by one global norm; otherwise each
+        stage's gradient separately (its stage depends on the previous stage's update).
+        ``'stage'``: always per stage.
       val_loss_weights: w_k of the validation objective (default all 1).
       train_loss_weights: weights c_k of each learner's training loss (default all 1).
       momentum, weight_decay, grad_clip: the learners' SGD (PyTorch semantics; the real step
@@ -58,7 +78,7 @@ class InterleavingConfig:
     exact_method: str = "stagewise"
     hvp_method: str = "forward_over_reverse"
     unroll_steps: int = 1
-    weights_per_stage: bool = False
+    weights_per_stage: bool = True
     val_loss_weights: tuple | None = None
     train_loss_weights: tuple | None = None
     momentum: float = 0.9
@@ -69,6 +89,8 @@ class InterleavingConfig:
     arch_beta_2: float = 0.999
     arch_weight_decay: float = 1e-3
     fd_scale: float = 0.01
+    proximal_step: str = "closed_form"
+    grad_clip_scope: str = "auto"
 
     def __post_init__(self):
         def name(field):
@@ -80,6 +102,8 @@ class InterleavingConfig:
         check.check_choice(name("exact_method"), self.exact_method, EXACT_METHODS)
         check.check_choice(name("hvp_method"), self.hvp_method, HVP_METHODS)
         check.check_choice(name("transfer"), self.transfer, TRANSFERS)
+        check.check_choice(name("proximal_step"), self.proximal_step, PROXIMAL_STEPS)
+        check.check_choice(name("grad_clip_scope"), self.grad_clip_scope, GRAD_CLIP_SCOPES)
         check.check_bool(name("weights_per_stage"), self.weights_per_stage)
         check.check_number(name("proximal_strength"), self.proximal_strength, minimum=0)
         if self.unroll_steps != 1 and self.mode != "exact":
@@ -130,6 +154,21 @@ class InterleavingConfig:
     def last_stage(self, learner):
         """The stage of ``learner`` in the last round."""
         return max(s for s, (_, k) in enumerate(self.stages) if k == learner)
+
+    def pulls(self, stage):
+        """Whether stage ``stage`` has a proximal pull toward the previous stage's W̄ (with
+        ``'handover'`` too, where it starts there)."""
+        return stage > 0 and self.proximal_strength > 0
+
+    @property
+    def independent_stages(self):
+        """No stage depends on another within an iteration (M=1, no pull, no handover)."""
+        return self.rounds == 1 and self.transfer == "proximal" and self.proximal_strength == 0
+
+    @property
+    def clip_jointly(self):
+        """Whether the real step clips all stages' gradients by one joint global norm."""
+        return self.grad_clip_scope == "auto" and self.independent_stages
 
     def val_weight(self, k):
         return 1.0 if self.val_loss_weights is None else float(self.val_loss_weights[k])

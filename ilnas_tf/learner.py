@@ -92,6 +92,22 @@ class Learner:
             for i in range(num_states)
         ]
 
+    def add_states(self, count):
+        """Appends ``count`` weight copies that start equal to the first (zero momentum).
+
+        One copy per round (the paper's W_k^(m)) starts from the same initial weights; the
+        engine adds the copies its configuration needs (create it in ``strategy.scope()``).
+        """
+        first = self.states[0]
+        for _ in range(count):
+            self.states.append(
+                LearnerState(
+                    tf.convert_to_tensor(first.encoder_weights),
+                    tf.convert_to_tensor(first.head_weights),
+                    name=f"{self.name}_state{len(self.states)}",
+                )
+            )
+
     @property
     def num_encoder_weights(self):
         return self.encoder_layout.size

@@ -183,6 +183,16 @@ class SearchTask(run_loop.Task):
         tf.summary.scalar("search/proximal_strength", config.proximal_strength)
         tf.summary.scalar("search/arch_learning_rate", config.arch_learning_rate)
         tf.summary.scalar("search/steps_per_second", steps_per_second)
+        # The chain (this step's): each stage's part of dL/dA, the cotangent reaching its
+        # output and the link's gain, and their product (README, "The chain's defaults").
+        for stage in range(len(config.stages)):
+            for key, name in (
+                ("stage_hypergradient_norms", "hypergradient_norm"),
+                ("chain_cotangent_norms", "cotangent_norm"),
+                ("chain_link_gains", "link_gain"),
+            ):
+                tf.summary.scalar(f"search/stage_{stage}/{name}", float(outputs[key][stage]))
+        tf.summary.scalar("search/chain_amplification", float(outputs["chain_amplification"]))
 
     def end_epoch(self, step, epoch, means, last):
         genotype = self._write_genotype(

@@ -138,8 +138,9 @@ def _reference_sgd(weights, buffer, grad, lr, momentum, weight_decay, clip_norm,
 
 
 def test_weight_step_is_pytorch_sgd_with_clipping_and_proximal_term():
+    """The paper's literal step: the proximal gradient inside the clipped gradient."""
     config = engine.InterleavingConfig(
-        num_learners=2, rounds=1, proximal_strength=0.3, grad_clip=0.05
+        num_learners=2, rounds=1, proximal_strength=0.3, grad_clip=0.05, proximal_step="gradient"
     )
     eng = make_engine(config)
     _randomise_momentum(eng)

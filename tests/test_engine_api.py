@@ -153,3 +153,32 @@ def test_bad_configuration_values_give_one_clear_message(kwargs, needle):
     with pytest.raises(ValueError) as info:
         engine.InterleavingConfig(**kwargs)
     assert needle in str(info.value) and "expected" in str(info.value)
+
+
+def test_engine_adds_one_weight_copy_per_round():
+    from ilnas_tf import learner
+
+    items = [
+        learner.Learner(
+            search_space.SearchEncoder(2, 3, steps=2, multiplier=2),
+            search_space.ClassifierHead(3),
+            (8, 8, 3),
+        )
+        for _ in range(2)
+    ]
+    config = engine.InterleavingConfig(num_learners=2, rounds=3)
+    assert config.weights_per_stage
+    engine.InterleavingEngine(search_space.Architecture(steps=2), items, config)
+    for item in items:
+        assert len(item.states) == 3
+        for state in item.states[1:]:
+            np.testing.assert_array_equal(
+                state.encoder_weights.numpy(), item.states[0].encoder_weights.numpy()
+            )
+            assert state.encoder_weights is not item.states[0].encoder_weights
+    with pytest.raises(ValueError, match="has 3 weight copies, the config needs 1"):
+        engine.InterleavingEngine(
+            search_space.Architecture(steps=2),
+            items,
+            engine.InterleavingConfig(num_learners=2, rounds=3, weights_per_stage=False),
+        )
