@@ -79,5 +79,6 @@ def test_two_worker_processes_on_loopback_match_one_process(data_dir, single_dev
         "genotypes",
         "operative_config.gin",
         "results.json",
+        "run.json",
         "summaries",
     ], leftovers

@@ -59,5 +59,6 @@ def test_train_command_on_two_worker_processes_trains_and_the_chief_exports(data
         "model.json",
         "operative_config.gin",
         "results.json",
+        "run.json",
         "summaries",
     ], leftovers
