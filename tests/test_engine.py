@@ -47,7 +47,10 @@ def test_exact_hypergradient_matches_finite_differences_of_the_chain(transfer):
     )
     eng = make_engine(config)
     _randomise_momentum(eng)
-    train, val = make_batches(eng, batch=4)
+    # Batches whose stencil crosses no ReLU / max-pool switch at the default chain's start
+    # points (with seed 1 the handover chain, which now starts from the carried encoder,
+    # crosses one: a jump of ~8 in the difference quotient).
+    train, val = make_batches(eng, batch=4, seed=2)
     lr = 0.005
     grads, _, _ = eng.arch_gradient(train, val, lr)
     alphas = _alphas(eng)
