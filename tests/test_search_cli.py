@@ -131,7 +131,6 @@ def test_tensorboard_event_files_hold_curves_heatmaps_and_genotype(demo_run):
             assert len(values) == 6 and all(np.isfinite(v) and v >= 0 for v in values)
         gains = [v for _, v in events[f"search/stage_{stage}/link_gain"]]
         np.testing.assert_allclose(gains, 0 * etas if stage == 0 else expected_gain, rtol=1e-4)
-        assert any(v > 0 for _, v in events[f"search/stage_{stage}/hypergradient_norm"])
     amplification = [v for _, v in events["search/chain_amplification"]]
     np.testing.assert_allclose(amplification, expected_gain**3, rtol=1e-3)
     rates = [v for _, v in events["search/learning_rate"]]
