@@ -121,18 +121,13 @@ def test_tensorboard_event_files_hold_curves_heatmaps_and_genotype(demo_run):
     for tag in ("learning_rate", "proximal_strength", "hypergradient_norm", "steps_per_second"):
         assert len(events[f"search/{tag}"]) == 6, tag
     assert events["search/proximal_strength"][0][1] == 1.0  # demo.gin: lambda = 1
-    # The chain (K=2, M=2: 4 stages; exact stage-wise, closed-form pull with lambda = 1): each
-    # link's gain is 2 eta lambda / (1 + 2 eta lambda) at that step's eta.
-    etas = np.array([v for _, v in events["search/learning_rate"]])
-    expected_gain = 2 * etas / (1 + 2 * etas)
+    # The chain's summaries (K=2, M=2: 4 stages). This run is first order, which has no chain:
+    # every value is 0 (the values themselves are tested in tests/test_chain.py).
     for stage in range(4):
         for key in ("hypergradient_norm", "cotangent_norm", "link_gain"):
             values = [v for _, v in events[f"search/stage_{stage}/{key}"]]
-            assert len(values) == 6 and all(np.isfinite(v) and v >= 0 for v in values)
-        gains = [v for _, v in events[f"search/stage_{stage}/link_gain"]]
-        np.testing.assert_allclose(gains, 0 * etas if stage == 0 else expected_gain, rtol=1e-4)
-    amplification = [v for _, v in events["search/chain_amplification"]]
-    np.testing.assert_allclose(amplification, expected_gain**3, rtol=1e-3)
+            assert values == [0.0] * 6, (stage, key, values)
+    assert [v for _, v in events["search/chain_amplification"]] == [0.0] * 6
     rates = [v for _, v in events["search/learning_rate"]]
     assert rates[0] == rates[2] > rates[3] == rates[5]  # cosine schedule, one rate per epoch
     for cell in ("normal", "reduce"):
