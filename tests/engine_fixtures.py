@@ -70,3 +70,12 @@ def unrolled_objective(eng, alphas, train, val, lr):
     finals = [chain[eng.config.last_stage(k)] for k in range(eng.config.num_learners)]
     total, _, _ = hypergradient.validation_objective(problem, alphas, finals)
     return total
+
+
+def randomise_momentum(eng, seed=3):
+    """Non-zero momentum buffers (0.1 * N(0, 1)) in every weight copy, so steps use them."""
+    rng = np.random.default_rng(seed)
+    for item in eng.learners:
+        for state in item.states:
+            state.encoder_momentum.assign(0.1 * rng.normal(size=state.encoder_momentum.shape))
+            state.head_momentum.assign(0.1 * rng.normal(size=state.head_momentum.shape))

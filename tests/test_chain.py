@@ -12,7 +12,7 @@ import engine_fixtures
 import numpy as np
 import pytest
 import tensorflow as tf
-from engine_fixtures import make_batches, make_engine
+from engine_fixtures import make_batches, make_engine, randomise_momentum
 
 from ilnas_tf import engine, hypergradient
 
@@ -25,14 +25,6 @@ MOMENTUM, WEIGHT_DECAY = 0.9, 3e-4
 def _images_16(monkeypatch):
     """Finite differences need 16x16 images (no ReLU flip inside the stencil)."""
     monkeypatch.setattr(engine_fixtures, "IMAGE_SHAPE", (16, 16, 3))
-
-
-def _randomise_momentum(eng, seed=3):
-    rng = np.random.default_rng(seed)
-    for item in eng.learners:
-        for state in item.states:
-            state.encoder_momentum.assign(0.1 * rng.normal(size=state.encoder_momentum.shape))
-            state.head_momentum.assign(0.1 * rng.normal(size=state.head_momentum.shape))
 
 
 def _sgd(weights, buffer, grad):
@@ -119,7 +111,7 @@ def test_default_chain_is_the_real_dynamics(proximal_step):
     )
     assert config.weights_per_stage
     eng = make_engine(config, nodes=2)
-    _randomise_momentum(eng)
+    randomise_momentum(eng)
     train, val = make_batches(eng, batch=4)
     closed = proximal_step == "closed_form"
 
@@ -139,7 +131,7 @@ def test_default_chain_is_the_real_dynamics(proximal_step):
         ),
         nodes=2,
     )
-    _randomise_momentum(shared)
+    randomise_momentum(shared)
 
     def shared_objective(alphas):
         return _real_dynamics_objective(shared, alphas, train, val, lam, closed, copies="learner")

@@ -12,7 +12,7 @@ import engine_fixtures
 import numpy as np
 import pytest
 import tensorflow as tf
-from engine_fixtures import make_batches, make_engine, unrolled_objective
+from engine_fixtures import make_batches, make_engine, randomise_momentum, unrolled_objective
 
 from ilnas_tf import engine, hypergradient
 
@@ -32,21 +32,13 @@ def _alphas(eng):
     return [tf.convert_to_tensor(a) for a in eng.architecture.alphas]
 
 
-def _randomise_momentum(eng, seed=3):
-    rng = np.random.default_rng(seed)
-    for learner in eng.learners:
-        for state in learner.states:
-            state.encoder_momentum.assign(0.1 * rng.normal(size=state.encoder_momentum.shape))
-            state.head_momentum.assign(0.1 * rng.normal(size=state.head_momentum.shape))
-
-
 @pytest.mark.parametrize("transfer", ["proximal", "handover"])
 def test_exact_hypergradient_matches_finite_differences_of_the_chain(transfer):
     config = engine.InterleavingConfig(
         num_learners=2, rounds=2, proximal_strength=0.7, transfer=transfer, mode="exact"
     )
     eng = make_engine(config)
-    _randomise_momentum(eng)
+    randomise_momentum(eng)
     # Batches whose stencil crosses no ReLU / max-pool switch at the default chain's start
     # points (with seed 1 the handover chain, which now starts from the carried encoder,
     # crosses one: a jump of ~8 in the difference quotient).
@@ -90,7 +82,7 @@ def _fd_vs_exact_cosine(batch, **config):
     grads = {}
     for mode in ("exact", "finite_difference"):
         eng = make_engine(engine.InterleavingConfig(mode=mode, **config), classes=(3,))
-        _randomise_momentum(eng)
+        randomise_momentum(eng)
         train, val = make_batches(eng, batch=batch)
         grads[mode], _, _ = eng.arch_gradient(train, val, 0.005)
     exact = np.concatenate([g.numpy().ravel() for g in grads["exact"]])
@@ -146,7 +138,7 @@ def test_weight_step_is_pytorch_sgd_with_clipping_and_proximal_term():
         num_learners=2, rounds=1, proximal_strength=0.3, grad_clip=0.05, proximal_step="gradient"
     )
     eng = make_engine(config)
-    _randomise_momentum(eng)
+    randomise_momentum(eng)
     train, _ = make_batches(eng, batch=2)
     lr = 0.05
     states = [item.states[0] for item in eng.learners]
@@ -348,7 +340,7 @@ def test_stagewise_exact_method_equals_nested_tapes(transfer):
             hvp_method=hvp,
         )
         eng = make_engine(config, shared_stage_functions=shared, nodes=2)
-        _randomise_momentum(eng)
+        randomise_momentum(eng)
         train, val = make_batches(eng, batch=2)
         result, _, _ = eng.arch_gradient(train, val, 0.01)
         grads[method, hvp] = np.concatenate([g.numpy().ravel() for g in result])
