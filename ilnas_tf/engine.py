@@ -36,16 +36,8 @@ HYPERGRADIENTS = {
 
 
 def hypergradient_function(config):
-    """The pure hypergradient function of ``config``'s mode (``f(problem, parameters)``).
-
-    The stage-wise exact method is verified on one replica only (on several it disagrees
-    with the single-device result; cause not yet found), so with several replicas the nested
-    tapes are used.
-    """
-    if config.mode != "exact":
-        return HYPERGRADIENTS[config.mode, None]
-    method = config.exact_method if distribution.num_replicas() == 1 else "nested_tapes"
-    return HYPERGRADIENTS["exact", method]
+    """The pure hypergradient function of ``config``'s mode (``f(problem, parameters)``)."""
+    return HYPERGRADIENTS[config.mode, config.exact_method if config.mode == "exact" else None]
 
 
 def chain_diagnostics(result, num_stages):

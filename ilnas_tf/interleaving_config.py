@@ -39,7 +39,8 @@ class InterleavingConfig:
         stage with recomputation, memory of one stage; ``stagewise``) or ``'nested_tapes'`` (one
         tape around the whole chain).
       hvp_method: the stage-wise method's mixed second derivative: ``'forward_over_reverse'``
-        or ``'reverse_over_reverse'`` (``stage_functions.mixed_second_derivative``).
+        or ``'reverse_over_reverse'`` (``stage_functions.mixed_second_derivative``; on several
+        replicas always the latter, ``stage_functions``).
       unroll_steps: virtual SGD steps per stage (``exact`` mode only).
       weights_per_stage: one weight copy W_k^(m), H_k^(m) per (learner, round) stage, the
         paper's notation (default): every stage's virtual step starts from the weights its real

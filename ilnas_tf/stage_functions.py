@@ -14,6 +14,12 @@ non-inlined ``tf.function``, so an iteration's graph holds one call per stage in
 copy of the supernet per stage and does not grow with K * M. Under a strategy with several
 replicas they are inlined: collective ops (synchronised batch norm) inside one shared function
 body would be traced once for all replicas.
+
+On several replicas ``forward_over_reverse`` is computed as ``reverse_over_reverse``: inside a
+``tf.function``, TensorFlow's forward-mode accumulator (TF 2.21) propagates a *zero* tangent
+through a replica context's ``all_reduce`` (the synchronised batch-norm statistics), so the
+JVP would silently drop every cross-replica term (``tests/test_distributed.py`` pins both the
+TensorFlow behaviour and the fallback).
 """
 
 from __future__ import annotations
@@ -144,6 +150,14 @@ class StageFunctions:
         d_normal, d_reduce)``."""
         return self._get(validation_gradient, k)
 
+    def effective_hvp_method(self):
+        """The HVP method used in the current strategy (module docstring: several replicas)."""
+        if distribution.num_replicas() > 1:
+            return "reverse_over_reverse"
+        return self.hvp_method
+
     def mixed(self, k, with_weights):
         """``f(encoder, head, normal, reduce, images, labels, d_enc, d_head) -> parts``."""
-        return self._get(mixed_second_derivative, k, self.hvp_method, bool(with_weights))
+        return self._get(
+            mixed_second_derivative, k, self.effective_hvp_method(), bool(with_weights)
+        )

@@ -1,6 +1,7 @@
 """Runs N search iterations on one device and under MirroredStrategy on 2 logical CPUs.
 
 Usage: python tests/distributed_check.py OUT.npz [mode] [learners] [rounds] [cell_impl] [dtype]
+    [transfer] [exact_method] [cell_steps] [image_size]
 Writes the alphas and flat weights of both runs. Run as its own process: the logical CPU
 devices must be configured before TensorFlow initialises.
 """
@@ -23,19 +24,19 @@ from ilnas_tf import engine, learner, search_space  # noqa: E402
 
 ITERATIONS = 3
 GLOBAL_BATCH = 8
-# 16x16 images, 4 per replica: on smaller maps batch-statistics BN over a handful of values
-# amplifies float32 round-off (fused vs. synchronised moments) beyond the tolerance.
-SHAPE = (16, 16, 3)
+# 16x16 images (default), 4 per replica: on smaller maps batch-statistics BN over a handful of
+# values amplifies float32 round-off (fused vs. synchronised moments) beyond the tolerance;
+# float64 runs can use 8x8.
 
 
-def build(config, cell_impl):
+def build(config, cell_impl, steps, shape):
     keras.utils.set_random_seed(0)
-    arch = search_space.Architecture(init_scale=0.3)
+    arch = search_space.Architecture(init_scale=0.3, steps=steps)
     learners = [
         learner.Learner(
-            search_space.SearchEncoder(2, 3, cell_impl=cell_impl),
+            search_space.SearchEncoder(2, 3, steps=steps, multiplier=steps, cell_impl=cell_impl),
             search_space.ClassifierHead(3),
-            SHAPE,
+            shape,
             name=f"learner{k}",
         )
         for k in range(config.num_learners)
@@ -43,11 +44,11 @@ def build(config, cell_impl):
     return engine.InterleavingEngine(arch, learners, config)
 
 
-def batches(config, seed):
+def batches(config, seed, shape):
     rng = np.random.default_rng(seed)
 
     def one():
-        images = rng.normal(size=(GLOBAL_BATCH,) + SHAPE).astype(keras.config.floatx())
+        images = rng.normal(size=(GLOBAL_BATCH,) + shape).astype(keras.config.floatx())
         labels = rng.integers(0, 3, size=(GLOBAL_BATCH,)).astype(np.int32)
         return tf.constant(images), tf.constant(labels)
 
@@ -69,13 +70,23 @@ def main():
     rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     cell_impl = sys.argv[5] if len(sys.argv) > 5 else "per_edge"
     keras.config.set_floatx(sys.argv[6] if len(sys.argv) > 6 else "float32")
+    transfer = sys.argv[7] if len(sys.argv) > 7 else "proximal"
+    exact_method = sys.argv[8] if len(sys.argv) > 8 else "stagewise"
+    steps = int(sys.argv[9]) if len(sys.argv) > 9 else 4
+    size = int(sys.argv[10]) if len(sys.argv) > 10 else 16
+    shape = (size, size, 3)
     config = engine.InterleavingConfig(
-        num_learners=num_learners, rounds=rounds, proximal_strength=0.5, mode=mode
+        num_learners=num_learners,
+        rounds=rounds,
+        proximal_strength=0.5,
+        mode=mode,
+        transfer=transfer,
+        exact_method=exact_method,
     )
-    data = [batches(config, seed) for seed in range(ITERATIONS)]
+    data = [batches(config, seed, shape) for seed in range(ITERATIONS)]
     lr = tf.constant(0.05, keras.config.floatx())
 
-    single = build(config, cell_impl)
+    single = build(config, cell_impl, steps, shape)
     initial = snapshot(single)
     single_step = tf.function(single.step)
     for train, val in data:
@@ -83,7 +94,7 @@ def main():
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        mirrored = build(config, cell_impl)
+        mirrored = build(config, cell_impl, steps, shape)
 
     @tf.function
     def mirrored_step(train, val):
