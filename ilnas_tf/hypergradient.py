@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-from ilnas_tf import distribution, optimizers
+from ilnas_tf import distribution, optimizers, precision
 from ilnas_tf.learner import accuracy
 
 
@@ -253,11 +253,17 @@ def current_weights(problem):
 
 # ---------------------------------------------------------------------- the modes
 def first_order(problem, parameters):
-    """∇_A of the validation objective at the current weights."""
+    """∇_A of the validation objective at the current weights (loss-scaled under float16 as
+    the stage computations are, ``precision``)."""
+    scale = precision.shared_loss_scale(problem.functions.learners)
     with tf.GradientTape() as tape:
         tape.watch(parameters)
         total, losses, accs = validation_objective(problem, parameters, current_weights(problem))
-    return Result(tape.gradient(total, parameters), losses, accs)
+        scaled = precision.scale_loss(total, scale)
+    grads = tape.gradient(scaled, parameters)
+    if scale is not None:
+        grads = list(precision.unscale(grads, scale))
+    return Result(grads, losses, accs)
 
 
 def exact_nested_tapes(problem, parameters):

@@ -8,6 +8,13 @@ objects: the encoder weights, the head weights and their SGD momentum buffers, e
 term ``lambda * ||W - W_prev||^2`` and the optimizer update are a handful of ops per learner
 instead of a handful per layer variable.
 
+Mixed precision (``precision``): when the encoder and head carry a mixed Keras dtype policy
+(``dtype='mixed_bfloat16'`` or ``'mixed_float16'``) they compute in that dtype while every flat
+buffer stays float32: the flat weights are cast inside the forward pass, so gradients with
+respect to them (and to the mixing weights) are float32, and the logits are cast to float32
+before the cross-entropy. ``loss_scale`` is the float16 loss scale the stage computations use
+(``stage_functions``).
+
 Batch normalisation: the supernet normalises with batch statistics and keeps no running
 statistics (see ``ops``), so learners share no BN state and each stage's forward pass depends
 only on (A, W, H, batch).
@@ -15,8 +22,11 @@ only on (A, W, H, batch).
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
+
+from ilnas_tf import precision
 
 
 def flatten(tensors):
@@ -70,15 +80,24 @@ class Learner:
       image_shape: ``(height, width, channels)`` of this learner's images.
       name: used in metric names.
       num_states: number of weight copies (1, or M for one copy per round).
+      loss_scale: ``None`` (no scaling) or a power of two: the stage computations scale the
+        loss by it before differentiating and divide the results by it (float16 loss scaling,
+        ``precision``). The encoder and head must share one dtype policy.
     """
 
-    def __init__(self, encoder, head, image_shape, name="learner", num_states=1):
+    def __init__(self, encoder, head, image_shape, name="learner", num_states=1, loss_scale=None):
         self.encoder = encoder
         self.head = head
         self.name = name
         self.image_shape = tuple(int(d) for d in image_shape)
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}")
+        if encoder.dtype_policy.name != head.dtype_policy.name:
+            raise ValueError(
+                f"learner {name}: the encoder's dtype policy {encoder.dtype_policy.name!r} and "
+                f"the head's {head.dtype_policy.name!r} differ: expected one policy for both"
+            )
+        self.loss_scale = precision.check_loss_scale("loss_scale", loss_scale)
         edges, num_ops = encoder.mixing_shape
         uniform = tf.fill([edges, num_ops], tf.constant(1.0 / num_ops, encoder.compute_dtype))
         dummy = tf.zeros((2,) + self.image_shape, encoder.compute_dtype)
@@ -116,13 +135,41 @@ class Learner:
     def num_head_weights(self):
         return self.head_layout.size
 
+    @property
+    def mixed(self):
+        """Whether the layers compute in a lower dtype than their (flat) weights."""
+        return self.encoder.compute_dtype != self.encoder.variable_dtype
+
     def logits(self, encoder_flat, head_flat, mixing, images):
-        """Logits at the given flat weights and mixing weights ``(normal, reduce)``."""
-        features, _ = self.encoder.stateless_call(
-            self.encoder_layout.unflatten(encoder_flat), [], images, mixing[0], mixing[1]
-        )
-        logits, _ = self.head.stateless_call(self.head_layout.unflatten(head_flat), [], features)
-        return logits
+        """Logits at the given flat weights and mixing weights ``(normal, reduce)``.
+
+        In the weights' dtype (float32 under a mixed policy, where the layers compute in
+        bfloat16 / float16).
+        """
+        if not self.mixed:
+            features, _ = self.encoder.stateless_call(
+                self.encoder_layout.unflatten(encoder_flat), [], images, mixing[0], mixing[1]
+            )
+            logits, _ = self.head.stateless_call(
+                self.head_layout.unflatten(head_flat), [], features
+            )
+            return logits
+        # ``stateless_call`` runs ``call`` outside the layer's autocast scope (the stem would
+        # compute in float32); calling the layer inside a ``StatelessScope`` casts the inputs
+        # and every variable read to the compute dtype, differentiably.
+        with keras.StatelessScope(
+            state_mapping=list(
+                zip(self.encoder.trainable_variables, self.encoder_layout.unflatten(encoder_flat))
+            )
+        ):
+            features = self.encoder(images, mixing[0], mixing[1])
+        with keras.StatelessScope(
+            state_mapping=list(
+                zip(self.head.trainable_variables, self.head_layout.unflatten(head_flat))
+            )
+        ):
+            logits = self.head(features)
+        return tf.cast(logits, self.encoder.variable_dtype)
 
     def loss(self, encoder_flat, head_flat, mixing, images, labels):
         """Cross-entropy averaged over the *global* batch, and the logits.

@@ -92,13 +92,16 @@ def batch_norm(x, scale=None, offset=None, epsilon: float = BN_EPSILON):
     channels = x.shape[-1]
     context = _replica_context()
     if context is not None:
+        dtype = x.dtype
+        if dtype in (tf.float16, tf.bfloat16):  # mixed precision: statistics in float32
+            x = tf.cast(x, tf.float32)
         mean, variance = _synchronized_moments(x, context)
         y = (x - mean) * tf.math.rsqrt(variance + epsilon)
         if scale is not None:
             y = y * tf.cast(scale, x.dtype)
         if offset is not None:
             y = y + tf.cast(offset, x.dtype)
-        return y
+        return tf.cast(y, dtype)
     if x.dtype in (tf.float16, tf.bfloat16, tf.float32):
         if scale is None:
             scale = tf.ones([channels], tf.float32)

@@ -18,7 +18,7 @@ completed. A rerun is checked against it before anything is written (``check_run
 
 Settings that may change on resume are left out of the fingerprint (``RESUMABLE``): where the
 data live, the distribution strategy, op determinism and the output cadence (summaries,
-checkpoints, how many are kept, ``max_steps``, and for training the test cadence and the
+checkpoints, how many are kept, ``max_steps``, the search's memory option ``recompute``, and for training the test cadence and the
 export). They change how or how far a run proceeds, never what one step computes.
 """
 
@@ -41,6 +41,7 @@ RESUMABLE = (
     "checkpoint_every_steps",
     "max_to_keep",
     "max_steps",
+    "recompute",
     "eval_every_epochs",
     "export",
 )

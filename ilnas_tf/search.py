@@ -39,6 +39,9 @@ def run_search(
     layers=8,
     nodes=4,
     cell_impl="fused",
+    recompute="none",
+    mixed_precision=None,
+    loss_scale=None,
     batch_size=64,
     epochs=50,
     warmup_epochs=0,
@@ -77,6 +80,16 @@ def run_search(
       image_size: square input size (default: the datasets' own).
       channels, layers, nodes, cell_impl: the supernet (C, cells, intermediate nodes per cell,
         ``"fused"`` or ``"per_edge"`` cells).
+      recompute: ``"none"`` or ``"cells"``: recompute each search cell's activations in the
+        backward passes instead of storing them (``search_space.SearchEncoder``; a memory
+        option, the same results to round-off, so it may change on resume).
+      mixed_precision: None (float32), ``"mixed_bfloat16"`` or ``"mixed_float16"`` (GPUs):
+        the encoders and heads compute in that dtype; the flat weights, momentum buffers,
+        alphas, cotangents, hypergradient and optimizers stay float32 (``precision``).
+        ``"mixed_float16"`` takes the stage-wise exact or the first-order mode.
+      loss_scale: the fixed float16 loss scale, a power of two (default
+        ``precision.DEFAULT_LOSS_SCALE`` = 1024 under ``"mixed_float16"``; None otherwise). A
+        float16 overflow stops the run like a NaN loss (lower the scale and rerun).
       batch_size: global batch size of every learner's train and val batches.
       epochs: epochs in all (warm-up included); the cosine learning-rate schedule spans them.
       warmup_epochs: first epochs that train the weights only (the architecture is fixed):
@@ -113,6 +126,7 @@ def run_search(
         distribution,
         engine,
         learner,
+        precision,
         run_dir,
         run_loop,
         search_loop,
@@ -128,6 +142,10 @@ def run_search(
     learning_rate, learning_rate_min = settings["learning_rate"], settings["learning_rate_min"]
     _refuse_num_learners_binding()
     config = engine.InterleavingConfig(num_learners=len(datasets))  # the rest from gin
+    mixed_precision, loss_scale = settings["mixed_precision"], settings["loss_scale"]
+    _check_precision_mode(mixed_precision, config)
+    if mixed_precision == "mixed_float16" and loss_scale is None:
+        loss_scale = precision.DEFAULT_LOSS_SCALE
     identity = run_dir.fingerprint(
         "run_search",
         settings,
@@ -200,12 +218,17 @@ def run_search(
                     steps=nodes,
                     multiplier=nodes,
                     cell_impl=cell_impl,
+                    recompute=recompute,
+                    dtype=mixed_precision,
                     name=f"encoder_{k}",
                 ),
-                search_space.ClassifierHead(spec.num_classes, name=f"head_{k}"),
+                search_space.ClassifierHead(
+                    spec.num_classes, dtype=mixed_precision, name=f"head_{k}"
+                ),
                 shapes[datasets[k]],
                 name=names[k],
                 num_states=config.rounds if config.weights_per_stage else 1,
+                loss_scale=loss_scale,
             )  # fmt: skip
             for k, spec in enumerate(specs)
         ]
@@ -220,6 +243,8 @@ def run_search(
         f"lambda={config.proximal_strength}; {per_epoch} steps/epoch x {epochs} epochs"
         + (f" ({warmup_epochs} weight-only warm-up)" if warmup_epochs else "")
         + f" on {strategy_object.num_replicas_in_sync} replica(s)"
+        + (f", {mixed_precision}" if mixed_precision else "")
+        + (f" (loss scale {loss_scale:g})" if loss_scale else "")
         + (f" (stopping after {max_steps} steps)" if max_steps else ""),
         flush=True,
     )
@@ -244,6 +269,10 @@ def run_search(
         batch_size=batch_size,
         chief=distribution.is_chief(strategy_object),
     )
+    if loss_scale:
+        task.advice += (
+            f"; under mixed_float16 also lower run_search.loss_scale (now {loss_scale:g})"
+        )
     loop = run_loop.RunLoop(
         task,
         root_dir=root_dir,
@@ -278,8 +307,8 @@ def run_search(
 def check_settings(settings):
     """``run_search``'s keywords (``root_dir`` aside) checked and converted; ValueError naming
     the first bad one (``run_search.<name>=<value> is invalid: expected ...``)."""
-    from ilnas_tf import data, distribution, run_dir
-    from ilnas_tf.search_space import CELL_CLASSES
+    from ilnas_tf import data, distribution, precision, run_dir
+    from ilnas_tf.search_space import CELL_CLASSES, RECOMPUTE
 
     v, s = validation, dict(settings)
 
@@ -296,6 +325,11 @@ def check_settings(settings):
     for key in ("channels", "layers", "nodes", "batch_size", "epochs"):
         s[key] = v.check_int(name(key), s[key], 1)
     v.check_choice(name("cell_impl"), s["cell_impl"], tuple(CELL_CLASSES))
+    v.check_choice(name("recompute"), s["recompute"], RECOMPUTE)
+    precision.check_precision(name("mixed_precision"), s["mixed_precision"])
+    s["loss_scale"] = precision.check_loss_scale(name("loss_scale"), s["loss_scale"])
+    if s["loss_scale"] is not None and s["mixed_precision"] != "mixed_float16":
+        v.fail(name("loss_scale"), s["loss_scale"], "None unless mixed_precision='mixed_float16'")
     s["warmup_epochs"] = v.check_int(name("warmup_epochs"), s["warmup_epochs"], 0, s["epochs"] - 1)
     s["steps_per_epoch"] = v.check_optional(
         v.check_int, name("steps_per_epoch"), s["steps_per_epoch"], 1
@@ -313,6 +347,21 @@ def check_settings(settings):
     for key in ("summary_every_steps", "checkpoint_every_steps", "max_to_keep"):
         s[key] = v.check_int(name(key), s[key], 1)
     return s
+
+
+def _check_precision_mode(mixed_precision, config):
+    """ValueError for float16 with a mode whose derivatives are not loss-scaled."""
+    scaled = config.mode == "first_order" or (
+        config.mode == "exact" and config.exact_method == "stagewise"
+    )
+    if mixed_precision == "mixed_float16" and not scaled:
+        validation.fail(
+            "run_search.mixed_precision",
+            mixed_precision,
+            f"None or 'mixed_bfloat16' with InterleavingConfig.mode={config.mode!r}, "
+            f"exact_method={config.exact_method!r} (float16 loss scaling covers the stage-wise "
+            "exact and the first-order modes)",
+        )
 
 
 def _refuse_num_learners_binding():

@@ -8,6 +8,12 @@ weights (W, H), mixing weights and a batch, each this replica's share and unweig
 * ``mixed``: ∂/∂(mixing[, W, H]) <∇_{W,H} L, d> for a direction d (one virtual step's
   mixed second derivative in the stage-wise exact hypergradient).
 
+Loss scaling (``precision``): with a learner's ``loss_scale`` S (float16) each computation
+differentiates S * L and divides its float32 results by S (all three are linear in the loss);
+``mixed`` also rescales the direction d by a power of two c (to 2^-8 of the weights' norm) and
+divides by c, so its forward-mode tangents stay in float16's range too. Without a scale the
+graphs are those of plain float32 / float64.
+
 ``StageFunctions`` serves them. On one replica it traces each computation once per learner
 *structure* (learners of identical encoder, head and image shape share one trace) as a
 non-inlined ``tf.function``, so an iteration's graph holds one call per stage instead of a
@@ -28,7 +34,7 @@ import functools
 
 import tensorflow as tf
 
-from ilnas_tf import distribution
+from ilnas_tf import distribution, precision
 
 HVP_METHODS = ("forward_over_reverse", "reverse_over_reverse")
 _ZERO = tf.UnconnectedGradients.ZERO
@@ -40,20 +46,26 @@ def _dense(tensors):
 
 def loss_gradient(learner, encoder, head, normal, reduce, images, labels):
     """∇_{W,H} L^tr (this replica's share, unweighted), the loss and the logits."""
+    scale = learner.loss_scale
     with tf.GradientTape() as tape:
         tape.watch([encoder, head])
         loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels)
-    g_encoder, g_head = _dense(tape.gradient(loss, [encoder, head], unconnected_gradients=_ZERO))
+        scaled = precision.scale_loss(loss, scale)
+    grads = tape.gradient(scaled, [encoder, head], unconnected_gradients=_ZERO)
+    g_encoder, g_head = precision.unscale(_dense(grads), scale)
     return g_encoder, g_head, loss, logits
 
 
 def validation_gradient(learner, encoder, head, normal, reduce, images, labels):
     """L^val, the logits and ∇_{W,H,mixing} L^val (this replica's share, unweighted)."""
     sources = [encoder, head, normal, reduce]
+    scale = learner.loss_scale
     with tf.GradientTape() as tape:
         tape.watch(sources)
         loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels)
-    return (loss, logits) + tuple(_dense(tape.gradient(loss, sources, unconnected_gradients=_ZERO)))
+        scaled = precision.scale_loss(loss, scale)
+    grads = _dense(tape.gradient(scaled, sources, unconnected_gradients=_ZERO))
+    return (loss, logits) + precision.unscale(grads, scale)
 
 
 def mixed_second_derivative(
@@ -65,13 +77,21 @@ def mixed_second_derivative(
     ``hvp_method='forward_over_reverse'`` uses the symmetry of the Hessian of L in
     (mixing, W, H): the VJP of ∇_{W,H} L with cotangent d is the JVP of ∇_{mixing,W,H} L in
     direction (0, d). ``'reverse_over_reverse'`` differentiates <∇_{W,H} L, d> by a second tape.
+    With a loss scale S the loss is S * L and d is c * d (``precision.direction_scale``); the
+    parts, bilinear in (L, d), are divided by S * c outside the tapes.
     """
     sources = [normal, reduce] + ([encoder, head] if with_weights else [])
+    scale = divisor = learner.loss_scale
+    if scale is not None:
+        direction = precision.direction_scale([encoder, head], [d_enc, d_head])
+        d_enc, d_head = d_enc * direction, d_head * direction
+        divisor = scale * direction
     if hvp_method == "forward_over_reverse":
         with tf.autodiff.ForwardAccumulator([encoder, head], [d_enc, d_head]) as accumulator:
             with tf.GradientTape() as tape:
                 tape.watch(sources)
                 loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+                loss = precision.scale_loss(loss, scale)
             grads = _dense(tape.gradient(loss, sources, unconnected_gradients=_ZERO))
         parts = [accumulator.jvp(g, unconnected_gradients=_ZERO) for g in grads]
     else:
@@ -80,12 +100,13 @@ def mixed_second_derivative(
             with tf.GradientTape() as inner:
                 inner.watch([encoder, head])
                 loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+                loss = precision.scale_loss(loss, scale)
             g_enc, g_head = _dense(
                 inner.gradient(loss, [encoder, head], unconnected_gradients=_ZERO)
             )
             dot = tf.reduce_sum(g_enc * d_enc) + tf.reduce_sum(g_head * d_head)
         parts = outer.gradient(dot, sources, unconnected_gradients=_ZERO)
-    return tuple(_dense(parts))
+    return precision.unscale(_dense(parts), divisor)
 
 
 def _structure_key(learner):
@@ -105,6 +126,7 @@ def _structure_key(learner):
         learner.image_shape,
         learner.num_encoder_weights,
         learner.num_head_weights,
+        learner.loss_scale,
     )
 
 

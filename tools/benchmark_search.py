@@ -4,7 +4,9 @@ Prints one JSON object: compile seconds (process start to the end of the first i
 the first-call seconds of each compiled function), median steady-state seconds of the
 architecture step and of the weight steps over ``--steps`` iterations after warm-up, FLOPs per
 iteration (TF profiler count over the compiled graphs) with achieved GFLOP/s, graph sizes and
-peak RSS.
+peak RSS, and what it ran on (``environment``: versions, git commit, CPU model and usable
+cores, TensorFlow's thread pools, the environment variables that change TensorFlow's speed,
+the load average before and after), so that two runs can be compared.
 
   python tools/benchmark_search.py --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 \
       --mode=exact
@@ -13,10 +15,12 @@ peak RSS.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 
 START = time.time()
+LOAD_BEFORE = os.getloadavg()
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -42,6 +46,13 @@ flags.DEFINE_bool(
     "shared_stage_functions", True, "Trace stage computations once as non-inlined functions."
 )
 flags.DEFINE_enum("cell_impl", "fused", ["per_edge", "fused"], "Search cell implementation.")
+flags.DEFINE_enum(
+    "mixed_precision",
+    "float32",
+    ["float32", "mixed_float16", "mixed_bfloat16"],
+    "Compute dtype of the encoders and heads (run_search.mixed_precision).",
+)
+flags.DEFINE_enum("recompute", "none", ["none", "cells"], "SearchEncoder.recompute (memory).")
 flags.DEFINE_bool("xla", False, "jit_compile the step functions.")
 flags.DEFINE_bool("grappler", True, "Grappler meta-optimizer on (TF default).")
 flags.DEFINE_integer("steps", 5, "Timed iterations after the first.")
@@ -49,7 +60,93 @@ flags.DEFINE_float(
     "max_rss_gib", 0.0, "If > 0, exit with status 3 as soon as the RSS exceeds this many GiB."
 )
 flags.DEFINE_bool("flops", True, "Count FLOPs (traces an inlined copy of the step graphs).")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TF's default).")
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TF's default).")
 FLAGS = flags.FLAGS
+
+# Environment variables that change how fast TensorFlow runs (or whether it uses a GPU).
+SPEED_VARIABLES = (
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_XLA_FLAGS",
+    "TF_GPU_ALLOCATOR",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONPATH",
+)
+
+
+def _read(path, default=None):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return default
+
+
+def _cpu_model():
+    for line in (_read("/proc/cpuinfo", "") or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _git_commit():
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment(tf, keras):
+    """What the benchmark ran on: versions, hardware, thread pools, load (see module doc)."""
+    import platform
+
+    import numpy
+
+    from ilnas_tf import __file__ as package_file
+
+    gpus = tf.config.list_physical_devices("GPU")
+    gpu_names = []
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        gpu_names.append(details.get("device_name", gpu.name))
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "ilnas_tf": os.path.dirname(os.path.abspath(package_file)),
+        "git_commit": _git_commit(),
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpus_total": os.cpu_count(),
+        "cgroup_cpu_max": _read("/sys/fs/cgroup/cpu.max"),
+        "gpus": gpu_names,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "variables": {name: os.environ.get(name) for name in SPEED_VARIABLES},
+        "load_before": [round(x, 2) for x in LOAD_BEFORE],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _watch_rss(limit_gib):
@@ -97,10 +194,14 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from ilnas_tf import engine, learner, search_space
+    from ilnas_tf import engine, learner, precision, search_space
 
     if not FLAGS.grappler:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     keras.utils.set_random_seed(0)
     config = engine.InterleavingConfig(
         num_learners=FLAGS.learners,
@@ -111,13 +212,22 @@ def main(argv):
         hvp_method=FLAGS.hvp_method,
     )
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    precision_policy = None if FLAGS.mixed_precision == "float32" else FLAGS.mixed_precision
+    loss_scale = precision.DEFAULT_LOSS_SCALE if precision_policy == "mixed_float16" else None
     architecture = search_space.Architecture()
     learners = [
         learner.Learner(
-            search_space.SearchEncoder(FLAGS.channels, FLAGS.layers, cell_impl=FLAGS.cell_impl),
-            search_space.ClassifierHead(10),
+            search_space.SearchEncoder(
+                FLAGS.channels,
+                FLAGS.layers,
+                cell_impl=FLAGS.cell_impl,
+                recompute=FLAGS.recompute,
+                dtype=precision_policy,
+            ),
+            search_space.ClassifierHead(10, dtype=precision_policy),
             shape,
             name=f"learner{k}",
+            loss_scale=loss_scale,
         )
         for k in range(FLAGS.learners)
     ]
@@ -154,16 +264,22 @@ def main(argv):
     weight_step(train, lr).numpy()
     weight_first = time.time() - tick
     first_iteration_end = time.time()
-    arch_times, weight_times = [], []
+    first_iteration_cpu = time.process_time()
+    arch_times, weight_times, arch_cpu, weight_cpu = [], [], [], []
     for _ in range(FLAGS.steps):
-        tick = time.time()
+        tick, cpu = time.time(), time.process_time()
         arch_step(train, val, lr).numpy()
         arch_times.append(time.time() - tick)
-        tick = time.time()
+        arch_cpu.append(time.process_time() - cpu)
+        tick, cpu = time.time(), time.process_time()
         weight_step(train, lr).numpy()
         weight_times.append(time.time() - tick)
+        weight_cpu.append(time.process_time() - cpu)
     arch_s, weight_s = float(np.median(arch_times)), float(np.median(weight_times))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gpu_peak = None
+    if tf.config.list_physical_devices("GPU"):
+        gpu_peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30
     flops = 0
     if FLAGS.flops:
         # The profiler does not look inside function calls: count an inlined copy.
@@ -182,6 +298,8 @@ def main(argv):
         "hvp_method": FLAGS.hvp_method,
         "shared_stage_functions": FLAGS.shared_stage_functions,
         "cell_impl": FLAGS.cell_impl,
+        "recompute": FLAGS.recompute,
+        "mixed_precision": FLAGS.mixed_precision,
         "xla": FLAGS.xla,
         "grappler": FLAGS.grappler,
         "weights_per_learner": learners[0].num_encoder_weights + learners[0].num_head_weights,
@@ -194,9 +312,16 @@ def main(argv):
         "arch_step_s": round(arch_s, 3),
         "weight_step_s": round(weight_s, 3),
         "iteration_s": round(arch_s + weight_s, 3),
+        # CPU seconds of all threads: less sensitive than wall time to other jobs' load.
+        "compile_cpu_s": round(first_iteration_cpu, 1),
+        "iteration_cpu_s": round(float(np.median(arch_cpu)) + float(np.median(weight_cpu)), 3),
         "gflops_per_iteration": round(flops / 1e9, 2),
         "achieved_gflops_per_s": round(flops / 1e9 / (arch_s + weight_s), 1) if flops else None,
         "peak_rss_gib": round(peak_rss, 2),
+        "gpu_peak_gib": None if gpu_peak is None else round(gpu_peak, 2),
+        "arch_step_all_s": [round(t, 3) for t in arch_times],
+        "weight_step_all_s": [round(t, 3) for t in weight_times],
+        "environment": environment(tf, keras),
     }
     print(json.dumps(result))
 
