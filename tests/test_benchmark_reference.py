@@ -26,6 +26,9 @@ DARTS_DIR = os.environ.get("ILNAS_DARTS_DIR")
 
 
 def _tool():
+    # Run as a script, the tool finds its sibling ``machine_info`` in its own directory.
+    if os.path.dirname(TOOL) not in sys.path:
+        sys.path.insert(0, os.path.dirname(TOOL))
     spec = importlib.util.spec_from_file_location("benchmark_reference", TOOL)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -103,7 +106,8 @@ def test_tiny_iteration_reports_one_json_line(order):
 # the harness's patches) against the exact one from autograd through the unrolled SGD step
 # w' = w - eta (momentum * buffer + grad_w L_train + wd * w), in float64.
 GRADIENT_CHECK = r"""
-import functools, importlib.util, json, sys
+import functools, importlib.util, json, os, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))  # the tool's sibling machine_info
 spec = importlib.util.spec_from_file_location("benchmark_reference", sys.argv[1])
 tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)

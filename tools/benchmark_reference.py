@@ -45,6 +45,8 @@ import sys  # noqa: E402
 import types  # noqa: E402
 import warnings  # noqa: E402
 
+import machine_info  # noqa: E402 (tools/, the script's directory)
+
 LOAD_BEFORE = os.getloadavg()
 
 # The reference's train_search.py defaults.
@@ -172,21 +174,6 @@ def build(torch, model_search, architect, channels, layers, seed=HYPERPARAMETERS
     return model, criterion, optimizer, arch
 
 
-def _read(path, default=None):
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return default
-
-
-def _cpu_model():
-    for line in (_read("/proc/cpuinfo", "") or "").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def reference_commit(darts_dir):
     """The commit of the git checkout holding ``darts_dir`` (+dirty), None for an export."""
 
@@ -229,10 +216,10 @@ def environment(torch, darts_dir):
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "host": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": machine_info.cpu_model(),
         "cpus_usable": len(affinity) if affinity is not None else None,
         "cpus_total": os.cpu_count(),
-        "cgroup_cpu_max": _read("/sys/fs/cgroup/cpu.max"),
+        "cgroup_cpu_max": machine_info.read_text("/sys/fs/cgroup/cpu.max"),
         "variables": {name: os.environ.get(name) for name in THREAD_VARIABLES},
         "load_before": [round(x, 2) for x in LOAD_BEFORE],
         "load_after": [round(x, 2) for x in os.getloadavg()],

@@ -22,6 +22,7 @@ import time
 START = time.time()
 LOAD_BEFORE = os.getloadavg()
 
+import machine_info  # noqa: E402 (tools/, the script's directory)
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -78,23 +79,6 @@ SPEED_VARIABLES = (
 )
 
 
-def _read(path, default=None):
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return default
-
-
-def _cpu_model():
-    for line in (_read("/proc/cpuinfo", "") or "").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def _git_commit():
     import subprocess
 
@@ -136,10 +120,10 @@ def environment(tf, keras):
         "ilnas_tf": os.path.dirname(os.path.abspath(package_file)),
         "git_commit": _git_commit(),
         "host": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": machine_info.cpu_model(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpus_total": os.cpu_count(),
-        "cgroup_cpu_max": _read("/sys/fs/cgroup/cpu.max"),
+        "cgroup_cpu_max": machine_info.read_text("/sys/fs/cgroup/cpu.max"),
         "gpus": gpu_names,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
