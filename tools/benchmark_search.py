@@ -54,8 +54,19 @@ flags.DEFINE_enum(
     "Compute dtype of the encoders and heads (run_search.mixed_precision).",
 )
 flags.DEFINE_enum("recompute", "none", ["none", "cells"], "SearchEncoder.recompute (memory).")
-flags.DEFINE_bool("xla", False, "jit_compile the step functions.")
+flags.DEFINE_enum(
+    "xla",
+    "none",
+    ["none", "weight_step", "arch_step", "both"],
+    "Which step functions to jit_compile with XLA (per function, issue 14).",
+)
 flags.DEFINE_bool("grappler", True, "Grappler meta-optimizer on (TF default).")
+flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "If set, write a TF profiler trace (TensorBoard's Profile tab) of the first call and of"
+    " one steady iteration under this folder.",
+)
 flags.DEFINE_integer("steps", 5, "Timed iterations after the first.")
 flags.DEFINE_float(
     "max_rss_gib", 0.0, "If > 0, exit with status 3 as soon as the RSS exceeds this many GiB."
@@ -227,13 +238,13 @@ def main(argv):
     val = [batch() for _ in range(FLAGS.learners)]
     lr = tf.constant(0.025)
 
-    @tf.function(jit_compile=FLAGS.xla)
+    @tf.function(jit_compile=FLAGS.xla in ("arch_step", "both"))
     def arch_step(train, val, lr):
         grads, losses, _ = eng.arch_gradient(train, val, lr)
         eng.apply_arch_gradient(grads)
         return tf.add_n(losses)
 
-    @tf.function(jit_compile=FLAGS.xla)
+    @tf.function(jit_compile=FLAGS.xla in ("weight_step", "both"))
     def weight_step(train, lr):
         return tf.add_n([m[0] for m in eng.weight_step(train, lr)])
 
@@ -241,6 +252,8 @@ def main(argv):
     arch_concrete = arch_step.get_concrete_function(train, val, lr)
     weight_concrete = weight_step.get_concrete_function(train, lr)
     traced = time.time()
+    if FLAGS.profile_dir:
+        tf.profiler.experimental.start(os.path.join(FLAGS.profile_dir, "first_call"))
     tick = time.time()
     arch_step(train, val, lr).numpy()
     arch_first = time.time() - tick
@@ -249,6 +262,12 @@ def main(argv):
     weight_first = time.time() - tick
     first_iteration_end = time.time()
     first_iteration_cpu = time.process_time()
+    if FLAGS.profile_dir:
+        tf.profiler.experimental.stop()
+        tf.profiler.experimental.start(os.path.join(FLAGS.profile_dir, "steady"))
+        arch_step(train, val, lr).numpy()
+        weight_step(train, lr).numpy()
+        tf.profiler.experimental.stop()
     arch_times, weight_times, arch_cpu, weight_cpu = [], [], [], []
     for _ in range(FLAGS.steps):
         tick, cpu = time.time(), time.process_time()

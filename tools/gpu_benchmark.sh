@@ -27,4 +27,4 @@ run --learners=2 --rounds=2 --mode=exact --exact_method=nested_tapes
 run --learners=2 --rounds=2 --mode=exact --recompute=cells
 run --learners=2 --rounds=2 --mode=exact --mixed_precision=mixed_float16
 run --learners=2 --rounds=2 --mode=exact --mixed_precision=mixed_bfloat16
-run --learners=2 --rounds=2 --mode=exact --xla
+run --learners=2 --rounds=2 --mode=exact --xla=both
