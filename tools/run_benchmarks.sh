@@ -14,9 +14,15 @@ run() {
 run --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 --mode=first_order
 run --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 --mode=exact
 run --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 --mode=finite_difference
+# XLA per step function (issue 14).
+run --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 --mode=first_order --xla=weight_step
+run --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 --mode=first_order --xla=both
 # Interleaving learning K=2, M=2, exact through the chain.
 run --channels=8 --layers=5 --batch=16 --learners=2 --rounds=2 --mode=exact
 run --channels=8 --layers=5 --batch=16 --learners=2 --rounds=2 --mode=exact --exact_method=nested_tapes
+run --channels=8 --layers=5 --batch=16 --learners=2 --rounds=2 --mode=exact --recompute=cells
+run --channels=8 --layers=5 --batch=16 --learners=2 --rounds=2 --mode=exact --xla=weight_step
 # Paper setting (C=16, 8 cells, batch 64): nested tapes exceed 24 GiB here; stage-wise fits (~18 GiB).
 run --channels=16 --layers=8 --batch=64 --learners=1 --rounds=1 --mode=exact
 run --channels=16 --layers=8 --batch=64 --learners=2 --rounds=2 --mode=exact
+run --channels=16 --layers=8 --batch=64 --learners=2 --rounds=2 --mode=exact --recompute=cells
