@@ -53,6 +53,17 @@ above with zero kernels elsewhere and gathers each (op, edge)'s mixing weight fr
 edge's column of that op (zero where the edge lacks it), so absent pairs contribute exactly
 zero; they are still computed (the dense layout's cost, whatever the subsets).
 
+Partial channel connections (PC-DARTS (Xu et al., 2020), ``partial_channels`` = K > 1): the
+candidate ops of every edge see only the first ``op_channels = C // K`` channels of its source
+(the waves above run on those, with every ``C`` above read as ``op_channels``: kernels, fan-ins
+and layouts; the preprocessing ops still output ``C``). The other ``C - op_channels`` channels
+bypass the ops (``ops.max_pool_2x2`` on the stride-2 edges of a reduction cell), scaled by the
+sum of the edge's row of mixing weights; per wave their weighted sums into the target nodes are
+one more ``matmul`` against those row sums (gathered with the other mixing weights). As the
+channel shuffle is linear, each node is ``channel_shuffle(concat([op sums, bypass sums]), K)``
+of its edges' summed (unshuffled) outputs: one shuffle per node instead of one per edge. The
+spatial size must be even at a reduction cell. With K = 1 none of this is in the graph.
+
 Select it with ``SearchEncoder(..., cell_impl="fused")``.
 """
 
@@ -62,7 +73,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ilnas_tf import ops
+from ilnas_tf import ops, validation
 from ilnas_tf.search_cell import SearchCellBase
 
 __all__ = ["FusedSearchCell"]
@@ -95,6 +106,13 @@ def _unflatten(x, like, tail):
     if height is not None and width is not None:
         return tf.reshape(x, [-1, height, width, *tail])
     return tf.reshape(x, tf.concat([tf.shape(like)[:3], tf.constant(tail, tf.int32)], 0))
+
+
+def _channel_shuffle(x, groups: int):
+    """``ops.channel_shuffle`` (the same permutation) with static shapes where known."""
+    channels = int(x.shape[-1])
+    grouped = _reshape(x, [groups, channels // groups])
+    return _reshape(tf.transpose(grouped, [0, 1, 2, 4, 3]), [channels])
 
 
 def _pointwise(x, kernel):
@@ -194,8 +212,18 @@ class FusedSearchCell(SearchCellBase):
         )
         """Wave positions of the stride-2 ``skip_connect`` (``FactorizedReduce``) edges."""
         self.has_reduce_skip = bool(self.reduce_skip_edges)
-        if self.has_reduce_skip and self.channels % 2:
-            raise ValueError(f"a reduction cell needs an even channel count, got {self.channels}")
+        if self.has_reduce_skip and self.op_channels % 2:
+            if self.partial_channels == 1:
+                raise ValueError(
+                    f"a reduction cell needs an even channel count, got {self.channels}"
+                )
+            validation.fail(
+                "partial_channels",
+                self.partial_channels,
+                f"a divisor of channels={self.channels} leaving an even number of op channels "
+                f"(got {self.op_channels}): a stride-2 skip_connect is a FactorizedReduce, "
+                "which needs an even channel count",
+            )
         self.conv_ops = [p for p in _CONV_OPS if p in present]
         self.sep_ops = [p for p in self.conv_ops if _CONV_OPS[p][2]]
         self.dil_ops = [p for p in self.conv_ops if not _CONV_OPS[p][2]]
@@ -217,12 +245,14 @@ class FusedSearchCell(SearchCellBase):
         return len(self.reference_edges)
 
     def _wave_weight_index(self, wave):
-        """Indices into ``concat(flatten(weights), [0])`` of the weighted-sum matrices of ``wave``.
+        """Indices into ``concat(flatten(weights), [0], row sums)`` of ``wave``'s weighted sums.
 
-        Returns ``(stage1, stage2, identity)``: ``[K1, M]``, ``[T2 * E, M]`` and ``[S, M]``
-        (``None`` when absent) for ``sum_k y[p, c, k] * W[k, m]`` over the stage-1 outputs
-        (k: dil convs (t, e), FactorizedReduce (e), pools (p, s)), the separable convs' stage-2
-        outputs (k: (t, e)) and the identity input (k: s); ``m`` is target node ``wave + m``.
+        Returns ``(stage1, stage2, identity, bypass)``: ``[K1, M]``, ``[T2 * E, M]``, ``[S, M]``
+        and ``[S, M]`` (``None`` when absent) for ``sum_k y[p, c, k] * W[k, m]`` over the
+        stage-1 outputs (k: dil convs (t, e), FactorizedReduce (e), pools (p, s)), the separable
+        convs' stage-2 outputs (k: (t, e)), the identity input (k: s) and, with partial
+        channels, the bypass channels (k: s; ``zero + 1 + edge`` indexes the edge's row sum, which
+        ``_mixing_weights`` appends for K > 1 only); ``m`` is target node ``wave + m``.
         """
         start, sources, per_source = self.waves[wave]
         columns = len(self.edge_ops[0])
@@ -248,6 +278,17 @@ class FusedSearchCell(SearchCellBase):
                 [[flat(op, s, m) for m in range(per_source)] for s in range(len(sources))]
             ).reshape(-1, per_source)
 
+        def row_sums():  # rows s, columns m: the edge's row sum
+            return np.array(
+                [
+                    [
+                        zero + 1 + self.wave_order[start + s * per_source + m]
+                        for m in range(per_source)
+                    ]
+                    for s in range(len(sources))
+                ]
+            ).reshape(-1, per_source)
+
         stage1 = [per_edge_rows(op) for op in self.dil_ops]
         if self.has_reduce_skip and stride == 2:
             stage1.append(per_edge_rows("skip_connect"))
@@ -258,6 +299,7 @@ class FusedSearchCell(SearchCellBase):
             np.concatenate(stage1) if stage1 else None,
             np.concatenate(stage2) if stage2 else None,
             per_source_rows("skip_connect") if identity else None,
+            row_sums() if self.partial_channels > 1 else None,
         )
 
     def _stage_groups(self, names, stage):
@@ -275,7 +317,7 @@ class FusedSearchCell(SearchCellBase):
 
     def kernel_specs(self):
         """``(name, shape, fan_in)`` of the cell's own (stacked) kernels, in ``kernels`` order."""
-        c, e = self.channels, self.num_edges
+        c, e = self.op_channels, self.num_edges  # the ops are built for op_channels
 
         def pointwise_shape(names):
             if self.dense_pointwise:
@@ -310,6 +352,7 @@ class FusedSearchCell(SearchCellBase):
             shape0, shape1 = shape0
         if shape1 is None:
             shape1 = (None, None, None, self.c_prev)
+        self.check_partial_channel_shape(shape1)
         self.preprocess0.build(tuple(shape0))
         self.preprocess1.build(tuple(shape1))
         # One initialiser instance per variable (a shared instance repeats its values); every
@@ -373,7 +416,7 @@ class FusedSearchCell(SearchCellBase):
             # [K, K, C, (e, g)]: per wave, merging (C, S) and (M, G) gives a channel-multiplier
             # kernel for inputs laid out (c, s) and outputs (c, s, m, g).
             stacked = tf.stack([_pad_kernel(k, size) for k in dilated], axis=-1)
-            stacked = tf.reshape(stacked, [size, size, self.channels, -1])
+            stacked = tf.reshape(stacked, [size, size, self.op_channels, -1])
             stage1.append((len(group), size, self._split_waves(stacked, 3, len(group))))
         stage2 = []
         for group in self._stage_groups(self.sep_ops, 2):
@@ -386,9 +429,13 @@ class FusedSearchCell(SearchCellBase):
         return prepared
 
     def _mixing_weights(self, weights):
-        """The weighted-sum matrices of every wave (see ``_wave_weight_index``), one gather."""
+        """The weighted-sum matrices of every wave (see ``_wave_weight_index``), one gather
+        (from the flattened weights, a zero and, with partial channels, the row sums)."""
         flat = tf.reshape(weights, [-1])
-        flat = tf.gather(tf.concat([flat, tf.zeros([1], flat.dtype)], 0), self._weight_gather)
+        pieces = [flat, tf.zeros([1], flat.dtype)]
+        if self.partial_channels > 1:
+            pieces.append(tf.reduce_sum(weights, axis=1))
+        flat = tf.gather(tf.concat(pieces, 0), self._weight_gather)
         pieces = iter(tf.split(flat, self._weight_sizes) if len(self._weight_sizes) > 1 else [flat])
         return [
             tuple(None if i is None else tf.reshape(next(pieces), i.shape) for i in indices)
@@ -416,12 +463,19 @@ class FusedSearchCell(SearchCellBase):
 
     def _wave(self, wave, prepared, x, weights):
         """Weighted sums of the edges of ``wave`` (input ``x``, channels (c, s)) into nodes
-        ``wave .. steps - 1``: ``[N, H, W, C, M]``."""
+        ``wave .. steps - 1``: ``[N, H, W, C, M]`` (with partial channels: op channels, then
+        bypass channels, unshuffled)."""
         start, sources, per_source = self.waves[wave]
-        c = self.channels
+        c = self.op_channels
         num_sources = len(sources)
         edges = num_sources * per_source
         stride = 2 if self.reduction and wave == 0 else 1
+        bypass = None
+        if self.partial_channels > 1:
+            # Layout (c, s): each source's first op_channels channels come first.
+            x, bypass = tf.split(x, [c * num_sources, (self.channels - c) * num_sources], -1)
+            if stride == 2:
+                bypass = ops.max_pool_2x2(bypass)
         reduce_skip = self.has_reduce_skip and stride == 2
         relu = tf.nn.relu(x) if self.conv_ops or reduce_skip else None
         like = x  # any tensor with the output's N, H, W
@@ -471,7 +525,7 @@ class FusedSearchCell(SearchCellBase):
         for name in self.pool_ops:
             like = _POOL_OPS[name](x, stride)
             rest.append(tf.reshape(like, [-1, c, num_sources]))
-        stage1, stage2, identity = weights
+        stage1, stage2, identity, bypass_weights = weights
         terms = []
         blocks = {}  # name -> [NHW, channels], batch-normalised together
         if sep is not None:
@@ -510,11 +564,22 @@ class FusedSearchCell(SearchCellBase):
         if identity is not None:
             terms.append(tf.matmul(tf.reshape(x, [-1, num_sources]), identity))
         total = terms[0] if len(terms) == 1 else tf.add_n(terms)  # [NHW * C, M]
-        return _unflatten(total, like, [c, per_source])
+        if bypass is None:
+            return _unflatten(total, like, [c, per_source])
+        # Bypass channels (c, s) @ row sums [S, M]: [NHW * (C - op_channels), M].
+        bypass = tf.matmul(tf.reshape(bypass, [-1, num_sources]), bypass_weights)
+        return tf.concat(
+            [
+                _unflatten(total, like, [c, per_source]),
+                _unflatten(bypass, like, [self.channels - c, per_source]),
+            ],
+            axis=3,
+        )
 
     def forward(self, kernels, s0, s1, weights):
         """Pure forward pass; ``kernels`` in ``self.kernels`` order, ``weights`` (edges, ops)."""
         n_pre = len(self.preprocess0.kernel_specs()) + len(self.preprocess1.kernel_specs())
+        self.check_partial_channel_shape(s1.shape)
         x = self._preprocess(kernels[:n_pre], s0, s1)
         prepared = self._prepare(kernels[n_pre:])
         mixing = self._mixing_weights(weights)
@@ -527,5 +592,7 @@ class FusedSearchCell(SearchCellBase):
             for node, piece in enumerate(pieces, start=wave):
                 incoming[node].append(piece)
             x = incoming[wave][0] if wave == 0 else tf.add_n(incoming[wave])
+            if self.partial_channels > 1:  # linear: shuffling the sum = summing the shuffled
+                x = _channel_shuffle(x, self.partial_channels)
             nodes.append(x)
         return tf.concat(nodes[-self.multiplier :], axis=-1)

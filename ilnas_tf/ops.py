@@ -211,6 +211,33 @@ def avg_pool_3x3(x, stride: int):
     return pooled * tf.constant(correction, dtype=x.dtype)
 
 
+def max_pool_2x2(x):
+    """2x2 max pooling with stride 2 and no padding (PyTorch ``nn.MaxPool2d(2, 2)``).
+
+    PC-DARTS' bypass of the stride-2 edges of a reduction cell. The elementwise maximum of the
+    four strided slices (deterministic second derivatives, see ``max_pool_3x3``). The height
+    and width must be even (the ops of a stride-2 edge output ``ceil(size / 2)``, which the
+    pooled bypass matches only then); the partial-channel cells check this when built.
+    """
+    top, bottom = x[:, 0::2], x[:, 1::2]
+    rows = tf.maximum(top, bottom)
+    return tf.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
+
+
+def channel_shuffle(x, groups: int):
+    """ShuffleNet's channel shuffle of an NHWC tensor (Zhang et al., 2018), as PC-DARTS uses it.
+
+    The channels, read as ``groups`` groups of ``C // groups``, are interleaved: input channel
+    ``g * (C // groups) + j`` moves to position ``j * groups + g``. A fixed permutation.
+    """
+    channels = int(x.shape[-1])
+    if groups == 1:
+        return x
+    shape = tf.shape(x)
+    grouped = tf.reshape(x, tf.concat([shape[:3], [groups, channels // groups]], 0))
+    return tf.reshape(tf.transpose(grouped, [0, 1, 2, 4, 3]), shape)
+
+
 # ----------------------------------------------------------------------------- layers
 
 

@@ -125,9 +125,22 @@ def check_run(root_dir, command, settings, *, fresh_start=False, force_resume=Fa
     return "resume", record
 
 
+ADDED_SETTINGS = {
+    "run_search.mixed_precision": "None",
+    "run_search.loss_scale": "None",
+    "run_search.partial_channels": "1",
+    "run_search.edge_normalization": "False",
+}
+"""Fingerprint entries added after runs were first recorded, with the value (repr) that runs
+recorded without them used: a record that lacks one of them resumes when the current value
+is that default (so a new setting does not lock existing run directories)."""
+
+
 def differences(recorded, current):
-    """``["name: recorded -> current", ...]`` of the settings that differ."""
+    """``["name: recorded -> current", ...]`` of the settings that differ (``ADDED_SETTINGS``
+    stand in for entries a record lacks)."""
     missing = "(unset)"
+    recorded = {**{k: v for k, v in ADDED_SETTINGS.items() if k in current}, **recorded}
     return [
         f"{name}: {recorded.get(name, missing)} recorded, {current.get(name, missing)} now"
         for name in sorted(set(recorded) | set(current))

@@ -39,6 +39,8 @@ def run_search(
     layers=8,
     nodes=4,
     cell_impl="fused",
+    partial_channels=1,
+    edge_normalization=False,
     recompute="none",
     mixed_precision=None,
     loss_scale=None,
@@ -80,6 +82,12 @@ def run_search(
       image_size: square input size (default: the datasets' own).
       channels, layers, nodes, cell_impl: the supernet (C, cells, intermediate nodes per cell,
         ``"fused"`` or ``"per_edge"`` cells).
+      partial_channels: PC-DARTS' partial channel connections (Xu et al., 2020), their K:
+        ``1`` (DARTS) or a divisor of ``channels``; each edge sends ``1 / K`` of its channels
+        through its ops (``search_space.SearchEncoder``).
+      edge_normalization: PC-DARTS' edge normalisation: a beta per edge, softmaxed over each
+        node's incoming edges, weights the edge and the derivation
+        (``pc_darts.EdgeNormalizedArchitecture``; False: DARTS' ``Architecture``).
       recompute: ``"none"`` or ``"cells"``: recompute each search cell's activations in the
         backward passes instead of storing them (``search_space.SearchEncoder``; a memory
         option, the same results to round-off, so it may change on resume).
@@ -126,6 +134,7 @@ def run_search(
         distribution,
         engine,
         learner,
+        pc_darts,
         precision,
         run_dir,
         run_loop,
@@ -209,7 +218,10 @@ def run_search(
         )
     names = [f"{name.replace('/', '_')}_{k}" for k, name in enumerate(datasets)]
     with strategy_object.scope():
-        architecture = search_space.Architecture(steps=nodes, name="architecture")
+        architecture_class = (
+            pc_darts.EdgeNormalizedArchitecture if edge_normalization else search_space.Architecture
+        )
+        architecture = architecture_class(steps=nodes, name="architecture")
         learners = [
             learner.Learner(
                 search_space.SearchEncoder(
@@ -219,6 +231,7 @@ def run_search(
                     multiplier=nodes,
                     cell_impl=cell_impl,
                     recompute=recompute,
+                    partial_channels=partial_channels,
                     dtype=mixed_precision,
                     name=f"encoder_{k}",
                 ),
@@ -238,7 +251,10 @@ def run_search(
         run_loop.Phase("search", epochs - warmup_epochs),
     ]
     print(
-        f"supernet C={channels}, {layers} cells, {nodes} nodes; K={len(datasets)} learners "
+        f"supernet C={channels}, {layers} cells, {nodes} nodes"
+        + (f", partial channels 1/{partial_channels}" if partial_channels > 1 else "")
+        + (", edge normalisation" if edge_normalization else "")
+        + f"; K={len(datasets)} learners "
         f"({', '.join(datasets)}), M={config.rounds} rounds, mode={config.mode}, "
         f"lambda={config.proximal_strength}; {per_epoch} steps/epoch x {epochs} epochs"
         + (f" ({warmup_epochs} weight-only warm-up)" if warmup_epochs else "")
@@ -308,7 +324,7 @@ def check_settings(settings):
     """``run_search``'s keywords (``root_dir`` aside) checked and converted; ValueError naming
     the first bad one (``run_search.<name>=<value> is invalid: expected ...``)."""
     from ilnas_tf import data, distribution, precision, run_dir
-    from ilnas_tf.search_space import CELL_CLASSES, RECOMPUTE
+    from ilnas_tf.search_space import CELL_CLASSES, RECOMPUTE, check_partial_channels
 
     v, s = validation, dict(settings)
 
@@ -325,6 +341,10 @@ def check_settings(settings):
     for key in ("channels", "layers", "nodes", "batch_size", "epochs"):
         s[key] = v.check_int(name(key), s[key], 1)
     v.check_choice(name("cell_impl"), s["cell_impl"], tuple(CELL_CLASSES))
+    s["partial_channels"] = check_partial_channels(
+        name("partial_channels"), s["partial_channels"], s["channels"]
+    )
+    v.check_bool(name("edge_normalization"), s["edge_normalization"])
     v.check_choice(name("recompute"), s["recompute"], RECOMPUTE)
     precision.check_precision(name("mixed_precision"), s["mixed_precision"])
     s["loss_scale"] = precision.check_loss_scale(name("loss_scale"), s["loss_scale"])

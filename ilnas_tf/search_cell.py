@@ -4,7 +4,11 @@ Layer for layer this is quark0/darts ``cnn/model_search.py``'s ``MixedOp`` and `
 
 * ``MixedOp``: the weighted sum of every candidate op on one edge; pools are followed by a
   non-affine batch norm. The ``none`` op is skipped: it contributes exactly zero, and its
-  weight still receives its gradient through the softmax of the architecture.
+  weight still receives its gradient through the softmax of the architecture. With
+  PC-DARTS' partial channel connections (Xu et al., 2020, ``partial_channels=K > 1``) it is
+  that paper's mixed op: the ops see the first ``channels // K`` channels, the rest bypass
+  them (max-pooled 2x2 on stride-2 edges) scaled by the edge's weight, and the concatenation
+  is channel-shuffled with ``K`` groups.
 * ``SearchCellBase``: what the per-edge ``SearchCell`` and the edge-batched
   ``fused_cell.FusedSearchCell`` share (hyperparameters, the two preprocessing ops, ``call``,
   ``get_config``).
@@ -43,26 +47,91 @@ def check_primitives(name: str, primitives) -> tuple[str, ...]:
     return primitives
 
 
+def check_partial_channels(name: str, value, channels: int) -> int:
+    """PC-DARTS' K: an integer >= 1 that divides ``channels`` (ValueError naming ``name``)."""
+    value = validation.check_int(name, value, minimum=1)
+    if channels % value:
+        validation.fail(name, value, f"a divisor of the cell's channels ({channels})")
+    return value
+
+
+def check_even_spatial(name: str, shape, partial_channels: int):
+    """Checks that ``shape`` (NHWC) has an even height and width where it is known.
+
+    PC-DARTS' stride-2 edges max-pool their bypass channels 2x2 with stride 2, which matches
+    the ``ceil(size / 2)`` output of their ops only for even sizes (the reference needs it
+    too). Raises the package's ``ValueError`` naming ``name`` and the shape.
+    """
+    height, width = shape[1], shape[2]
+    if any(size is not None and int(size) % 2 for size in (height, width)):
+        validation.fail(
+            name,
+            tuple(shape),
+            f"an even height and width: with partial_channels={partial_channels} the stride-2 "
+            "edges of a reduction cell max-pool their bypass channels 2x2 with stride 2",
+        )
+
+
 @keras.saving.register_keras_serializable(package="ilnas_tf")
 class MixedOp(keras.layers.Layer):
     """Weighted sum of every candidate op on one edge; pools are followed by a non-affine BN.
+
+    With ``partial_channels`` K > 1 this is the PC-DARTS mixed op (Xu et al., 2020, "PC-DARTS:
+    Partial Channel Connections for Memory-Efficient Architecture Search"): with ``w`` the
+    edge's row of mixing weights and ``C' = channels // K``,
+
+        y = sum_o w[o] * op_o(x[..., :C'])          # the ops are built for C' channels
+        b = x[..., C':], max-pooled 2x2 (stride 2) on a stride-2 edge
+        out = channel_shuffle(concat([y, sum(w) * b]), K)
+
+    ``sum(w)`` is the edge's weight: 1 for a softmax over the ops (DARTS), the edge-normalised
+    beta for PC-DARTS, whose mixing weights are softmax(alpha) times beta. With K = 1 the
+    edge is the plain weighted sum (no slicing, shuffle or row sum).
 
     Args:
       channels: input and output channels.
       stride: 1, or 2 on the input edges of a reduction cell.
       primitives: the edge's candidate ops; ``weights[j]`` weights ``primitives[j]``.
+      partial_channels: K, ``1`` (default, DARTS) or a divisor of ``channels``. On a stride-2
+        edge with K > 1 the input's height and width must be even, and a ``skip_connect``
+        candidate (a ``FactorizedReduce``) needs an even ``channels // K``.
     """
 
-    def __init__(self, channels, stride, primitives=genotype_lib.PRIMITIVES, **kwargs):
+    def __init__(
+        self,
+        channels,
+        stride,
+        primitives=genotype_lib.PRIMITIVES,
+        partial_channels=1,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.channels = validation.check_int("channels", channels, minimum=1)
         self.stride = validation.check_int("stride", stride, minimum=1, maximum=2)
         self.primitives = check_primitives("primitives", primitives)
+        self.partial_channels = check_partial_channels(
+            "partial_channels", partial_channels, self.channels
+        )
+        self.op_channels = self.channels // self.partial_channels
+        """Channels the candidate ops are built for (``channels // partial_channels``)."""
+        if (
+            self.partial_channels > 1
+            and self.stride == 2
+            and "skip_connect" in self.primitives
+            and self.op_channels % 2
+        ):
+            validation.fail(
+                "partial_channels",
+                partial_channels,
+                f"a divisor of channels={self.channels} leaving an even number of op channels "
+                f"(got {self.op_channels}): a stride-2 skip_connect is a FactorizedReduce, "
+                "which needs an even channel count",
+            )
         self.active = [i for i, p in enumerate(self.primitives) if p != "none"]
         self.candidates = [
             ops.make_op(
                 self.primitives[i],
-                channels,
+                self.op_channels,
                 stride,
                 False,
                 dtype=self.dtype_policy,
@@ -72,15 +141,29 @@ class MixedOp(keras.layers.Layer):
         ]
 
     def build(self, input_shape):
+        if self.partial_channels == 1:
+            for op in self.candidates:
+                op.build(input_shape)
+            return
+        if input_shape[-1] is not None and input_shape[-1] != self.channels:
+            raise ValueError(
+                f"MixedOp '{self.name}' expects {self.channels} input channels, got input "
+                f"shape {tuple(input_shape)}"
+            )
+        if self.stride == 2:
+            check_even_spatial(
+                f"MixedOp '{self.name}' input shape", input_shape, self.partial_channels
+            )
+        op_shape = tuple(input_shape[:-1]) + (self.op_channels,)
         for op in self.candidates:
-            op.build(input_shape)
+            op.build(op_shape)
 
     @property
     def kernels(self):
         return [k for op in self.candidates for k in op.kernels]
 
-    def forward(self, kernels, x, weights):
-        """Pure forward: ``kernels`` in ``self.kernels`` order, ``weights`` one row of mixing weights."""
+    def _op_sum(self, kernels, x, weights):
+        """``sum_o weights[o] * op_o(x)`` over the candidates (zeros when only ``none``)."""
         outputs, offset = [], 0
         for index, op in zip(self.active, self.candidates):
             count = len(op.kernel_specs())
@@ -93,12 +176,29 @@ class MixedOp(keras.layers.Layer):
             return tf.zeros_like(x if self.stride == 1 else x[:, ::2, ::2, :])
         return tf.add_n(outputs)
 
+    def forward(self, kernels, x, weights):
+        """Pure forward: ``kernels`` in ``self.kernels`` order, ``weights`` one row of mixing weights."""
+        if self.partial_channels == 1:
+            return self._op_sum(kernels, x, weights)
+        y = self._op_sum(kernels, x[..., : self.op_channels], weights)
+        bypass = x[..., self.op_channels :]
+        if self.stride == 2:
+            check_even_spatial(f"MixedOp '{self.name}' input shape", x.shape, self.partial_channels)
+            bypass = ops.max_pool_2x2(bypass)
+        bypass = tf.reduce_sum(weights) * bypass
+        return ops.channel_shuffle(tf.concat([y, bypass], axis=-1), self.partial_channels)
+
     def call(self, x, weights):
         return self.forward([k.value for k in self.kernels], x, weights)
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, stride=self.stride, primitives=list(self.primitives))
+        config.update(
+            channels=self.channels,
+            stride=self.stride,
+            primitives=list(self.primitives),
+            partial_channels=self.partial_channels,
+        )
         return config
 
 
@@ -120,6 +220,16 @@ class SearchCellBase(keras.layers.Layer):
         equal-length sequences of names from ``primitives``: the ops of each edge (reference,
         node-major edge order). The mixing weights are then ``(num_edges, n_ops)``, column
         ``j`` of edge ``e`` weighting op ``edge_primitives[e][j]``.
+      partial_channels: PC-DARTS' partial channel connections (Xu et al., 2020, "PC-DARTS:
+        Partial Channel Connections for Memory-Efficient Architecture Search"), their K:
+        ``1`` (default, DARTS) or a divisor of ``channels``. Each edge then sends only its
+        input's first ``channels // partial_channels`` channels through its ops (built for
+        that many channels); the other channels bypass them (max-pooled 2x2 with stride 2 on
+        the stride-2 edges of a reduction cell), are concatenated after the ops' weighted
+        sum, and the result is channel-shuffled with ``partial_channels`` groups. The bypass
+        is scaled by the edge's weight, the *sum of its row of mixing weights*: 1 for a
+        softmax over ops (DARTS), the edge-normalised beta for PC-DARTS, whose mixing weights
+        are softmax(alpha) times beta (``pc_darts.EdgeNormalizedArchitecture``).
     """
 
     def __init__(
@@ -133,6 +243,7 @@ class SearchCellBase(keras.layers.Layer):
         steps=STEPS,
         multiplier=MULTIPLIER,
         edge_primitives=None,
+        partial_channels=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -149,6 +260,11 @@ class SearchCellBase(keras.layers.Layer):
         self.edge_primitives = genotype_lib.check_cell_edge_primitives(
             "edge_primitives", edge_primitives, self.primitives, self.steps
         )
+        self.partial_channels = check_partial_channels(
+            "partial_channels", partial_channels, self.channels
+        )
+        self.op_channels = self.channels // self.partial_channels
+        """Channels the candidate ops of every edge are built for (``channels`` / K)."""
         num_edges = genotype_lib.num_cell_edges(self.steps)
         self.edge_ops = self.edge_primitives or (self.primitives,) * num_edges
         """``edge_ops[e]``: the ops of edge ``e``, in the order of its mixing-weight columns."""
@@ -165,6 +281,17 @@ class SearchCellBase(keras.layers.Layer):
             c_prev, channels, 1, 1, 0, affine=False, dtype=dtype, name="preprocess1"
         )
 
+    def check_partial_channel_shape(self, shape):
+        """Raises a ``ValueError`` if a reduction cell with K > 1 gets an odd height or width.
+
+        ``shape``: the NHWC shape of the cell's states (that of ``s1``; ``s0`` is brought to
+        it by the preprocessing). Unknown sizes pass. A no-op for K = 1 or a normal cell.
+        """
+        if self.partial_channels > 1 and self.reduction:
+            check_even_spatial(
+                f"{type(self).__name__} '{self.name}' input shape", shape, self.partial_channels
+            )
+
     @property
     def spec(self):
         """The hyperparameters that determine the cell's function and kernel shapes."""
@@ -178,6 +305,7 @@ class SearchCellBase(keras.layers.Layer):
             self.steps,
             self.multiplier,
             self.edge_primitives,
+            self.partial_channels,
         )
 
     def forward(self, kernels, s0, s1, weights):
@@ -200,6 +328,7 @@ class SearchCellBase(keras.layers.Layer):
             edge_primitives=(
                 None if self.edge_primitives is None else [list(e) for e in self.edge_primitives]
             ),
+            partial_channels=self.partial_channels,
         )
         return config
 
@@ -225,6 +354,7 @@ class SearchCell(SearchCellBase):
                         self.channels,
                         stride,
                         self.edge_ops[index],
+                        partial_channels=self.partial_channels,
                         dtype=dtype,
                         name=f"edge_{source}_{node + 2}",
                     )
@@ -235,6 +365,7 @@ class SearchCell(SearchCellBase):
         # Keras matches build's arguments to call's (s0, s1, weights) by name.
         shape0 = s0_shape
         shape1 = s0_shape if s1_shape is None else s1_shape
+        self.check_partial_channel_shape(shape1)
         self.preprocess0.build(shape0)
         self.preprocess1.build(shape1)
         height = shape1[1]

@@ -198,8 +198,11 @@ class SearchTask(run_loop.Task):
         genotype = self._write_genotype(
             os.path.join(self.root_dir, "genotypes", f"epoch_{epoch + 1:04d}")
         )
-        alpha_normal, alpha_reduce = (a.numpy() for a in self.engine.architecture.alphas)
-        summaries.write_alpha_summaries(step, alpha_normal, alpha_reduce)
+        architecture = self.engine.architecture
+        alpha_normal, alpha_reduce = (a.numpy() for a in architecture.alphas)
+        summaries.write_alpha_summaries(
+            step, alpha_normal, alpha_reduce, architecture.edge_weights()
+        )
         tf.summary.text("search/genotype", genotype.to_string())
         return " | ".join(
             f"{name}: train loss {means[f'learner/{name}/train_loss']:.3f} acc "

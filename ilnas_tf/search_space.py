@@ -39,6 +39,7 @@ from ilnas_tf.search_cell import (
     MixedOp,
     SearchCell,
     SearchCellBase,
+    check_partial_channels,
     check_primitives,
 )
 
@@ -108,7 +109,8 @@ class Architecture(keras.layers.Layer):
     * ``objective_terms(parameters)``: a scalar tensor added to the architecture objective, or
       ``None``. PR-DARTS adds its regularisers here.
     * ``genotype()``: the discrete architecture. PC-DARTS ranks edges by alpha x beta
-      (``genotype.derive_genotype``'s ``edge_weight_*`` arguments).
+      (``genotype.derive_genotype``'s ``edge_weight_*`` arguments), the weights that
+      ``edge_weights()`` returns (``None`` here) and summaries show.
 
     ``alphas`` stays ``[alpha_normal, alpha_reduce]`` (summaries and genotypes read it).
 
@@ -180,6 +182,11 @@ class Architecture(keras.layers.Layer):
         del parameters
         return None
 
+    def edge_weights(self):
+        """Per-edge weights ``(normal, reduce)`` (NumPy) the derivation multiplies the op
+        softmax by, or ``None`` (DARTS: every edge weighs 1). PC-DARTS: its beta_hat."""
+        return None
+
     def genotype(self) -> genotype_lib.Genotype:
         """The discrete architecture by the DARTS rule (see ``genotype.derive_genotype``)."""
         return genotype_lib.derive_genotype(
@@ -242,6 +249,10 @@ class SearchEncoder(keras.layers.Layer):
         stage-wise 6.2 -> 5.5 GiB (forward-over-reverse), 6.2 -> 5.0 GiB
         (reverse-over-reverse), nested tapes 9.4 -> 4.5 GiB; at batch 16, where compiling
         the larger graph dominates, 3.1 -> 3.3 GiB (stage-wise).
+      partial_channels: PC-DARTS' K (Xu et al., 2020): ``1`` (DARTS) or a divisor of
+        ``channels``; every edge of every cell sends ``1 / K`` of its channels through its ops
+        (``search_cell.SearchCellBase``). With edge normalisation, pair it with
+        ``pc_darts.EdgeNormalizedArchitecture``.
     """
 
     def __init__(
@@ -256,6 +267,7 @@ class SearchEncoder(keras.layers.Layer):
         cell_impl="fused",
         edge_primitives=None,
         recompute="none",
+        partial_channels=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -271,6 +283,9 @@ class SearchEncoder(keras.layers.Layer):
         self.input_channels = validation.check_int("input_channels", input_channels, minimum=1)
         self.edge_primitives = genotype_lib.check_edge_primitives(
             "edge_primitives", edge_primitives, self.primitives, self.steps
+        )
+        self.partial_channels = check_partial_channels(
+            "partial_channels", partial_channels, self.channels
         )
         c_curr = self.stem_multiplier * self.channels
         self.stem_channels = c_curr
@@ -293,6 +308,7 @@ class SearchEncoder(keras.layers.Layer):
                     self.steps,
                     self.multiplier,
                     None if self.edge_primitives is None else self.edge_primitives[reduction],
+                    partial_channels=self.partial_channels,
                     dtype=self.dtype_policy,
                     name=f"cell_{index}",
                 )
@@ -359,6 +375,7 @@ class SearchEncoder(keras.layers.Layer):
             cell_impl=self.cell_impl,
             edge_primitives=_edge_primitives_config(self.edge_primitives),
             recompute=self.recompute,
+            partial_channels=self.partial_channels,
         )
         return config
 

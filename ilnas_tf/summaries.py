@@ -49,14 +49,45 @@ def heatmap_image(probabilities, cell_pixels=12):
     return image.round().astype(np.uint8)
 
 
-def write_alpha_summaries(step, alpha_normal, alpha_reduce):
-    """Heatmaps and mean entropies of both cells' op distributions (default writer)."""
-    for cell, alphas in (("normal", alpha_normal), ("reduce", alpha_reduce)):
+def write_alpha_summaries(step, alpha_normal, alpha_reduce, edge_weights=None):
+    """Heatmaps and mean entropies of both cells' op distributions (default writer).
+
+    ``edge_weights``: ``None`` or per-edge weights ``(normal, reduce)`` (PC-DARTS' beta_hat,
+    ``Architecture.edge_weights``): then also ``alphas/<cell>_edge_weighted_heatmap``, the op
+    softmax times each edge's weight (what the derivation ranks), and the edge weights as
+    ``betas/<cell>_heatmap`` (one column) and ``betas/<cell>_entropy`` (mean over nodes of the
+    entropy of its incoming edges' weights, as in ``mean_entropy``).
+    """
+    cells = (("normal", alpha_normal), ("reduce", alpha_reduce))
+    for index, (cell, alphas) in enumerate(cells):
         probabilities = softmax(alphas)
         tf.summary.image(
             f"alphas/{cell}_heatmap", heatmap_image(probabilities)[None], step=step, max_outputs=1
         )
         tf.summary.scalar(f"alphas/{cell}_entropy", mean_entropy(probabilities), step=step)
+        if edge_weights is None:
+            continue
+        weights = np.asarray(edge_weights[index], dtype=np.float64)
+        weighted = probabilities * weights[:, None]
+        tf.summary.image(
+            f"alphas/{cell}_edge_weighted_heatmap", heatmap_image(weighted)[None], step=step,
+            max_outputs=1,
+        )  # fmt: skip
+        tf.summary.image(
+            f"betas/{cell}_heatmap", heatmap_image(weights[:, None])[None], step=step,
+            max_outputs=1,
+        )  # fmt: skip
+        tf.summary.scalar(f"betas/{cell}_entropy", _node_entropy(weights), step=step)
+
+
+def _node_entropy(edge_weights):
+    """Mean over intermediate nodes of the entropy of the weights of its incoming edges."""
+    entropies, start, node = [], 0, 0
+    while start < len(edge_weights):
+        p = edge_weights[start : start + 2 + node]
+        entropies.append(float(-np.sum(p * np.log(np.maximum(p, 1e-30)))))
+        start, node = start + 2 + node, node + 1
+    return float(np.mean(entropies))
 
 
 def read_events(logdir):

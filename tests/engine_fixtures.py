@@ -20,21 +20,25 @@ def make_engine(
     dtype="float64",
     shared_stage_functions=False,
     nodes=4,
+    architecture_class=search_space.Architecture,
+    **encoder_kwargs,
 ):
     """Architecture + K learners (tiny supernets) + engine, deterministic in ``seed``.
 
     The tests call the engine eagerly; ``shared_stage_functions`` (off by default here) would
     trace each stage computation as a ``tf.function`` first, which costs more than it saves on
     tiny supernets run for one step. ``nodes``: intermediate nodes per cell (2 cuts the op
-    count, hence the eager run time, about threefold).
+    count, hence the eager run time, about threefold). ``architecture_class`` (e.g.
+    ``pc_darts.EdgeNormalizedArchitecture``) and ``encoder_kwargs`` (e.g. ``partial_channels``,
+    ``cell_impl``) select other search spaces.
     """
     keras.utils.set_random_seed(seed)
-    arch = search_space.Architecture(steps=nodes, init_scale=0.5, dtype=dtype)
+    arch = architecture_class(steps=nodes, init_scale=0.5, dtype=dtype)
     num_states = config.rounds if config.weights_per_stage else 1
     learners = [
         learner.Learner(
             search_space.SearchEncoder(
-                channels, layers, steps=nodes, multiplier=nodes, dtype=dtype
+                channels, layers, steps=nodes, multiplier=nodes, dtype=dtype, **encoder_kwargs
             ),
             search_space.ClassifierHead(classes[k], dtype=dtype),
             IMAGE_SHAPE,

@@ -216,6 +216,19 @@ def test_force_resume_records_the_change_and_fresh_start_clears(tmp_path):
         run_dir.check_run(tmp_path, "train", {})
 
 
+def test_a_setting_added_later_resumes_at_its_default(tmp_path):
+    # A run recorded before run_search.partial_channels existed: resumable with the default.
+    old = {"run_search.seed": "0"}
+    run_dir.start_run(tmp_path, "search", old, "new", None)
+    assert run_dir.check_run(tmp_path, "search", {**old, "run_search.partial_channels": "1"})[
+        0
+    ] == ("resume")
+    with pytest.raises(ValueError, match="run_search.partial_channels: 1 recorded, 4 now"):
+        run_dir.check_run(tmp_path, "search", {**old, "run_search.partial_channels": "4"})
+    with pytest.raises(ValueError, match="run_search.channels: \\(unset\\) recorded, 8 now"):
+        run_dir.check_run(tmp_path, "search", {**old, "run_search.channels": "8"})
+
+
 def _cli(monkeypatch, module, argv):
     """``module.main`` through ``cli.run`` in this process; returns SystemExit's code."""
     monkeypatch.setattr(cli, "exit_now", lambda code=0: (_ for _ in ()).throw(SystemExit(code)))

@@ -15,6 +15,7 @@ import os
 import data_fixtures
 import numpy as np
 import pytest
+import tensorflow as tf
 from search_fixtures import (
     DEMO,
     ROOT,
@@ -67,13 +68,14 @@ def test_every_gin_file_builds_the_run(gin_file, data_dir, tmp_path):
     assert accuracies and all(0.0 <= a <= 1.0 for a in accuracies.values())
     genotype = genotype_lib.Genotype.from_json((tmp_path / "genotype.json").read_text())
     assert len(genotype.normal) == 2 * 2  # smoke.gin: 2 nodes, 2 inputs each
-    assert "run_search.channels = 2" in (tmp_path / "operative_config.gin").read_text()
+    assert "run_search.channels = 4" in (tmp_path / "operative_config.gin").read_text()
 
 
-def test_il_darts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
+@pytest.mark.parametrize("gin_file", ["gin/il_darts.gin", "gin/il_pcdarts.gin"])
+def test_il_search_runs_on_cifar_served_by_tfds_mock_data(gin_file, data_dir, tmp_path):
     with data_fixtures.mock_cifar(data_dir, tmp_path / "mock", num_examples=64) as mock_dir:
         results = run_in_process(
-            ["gin/il_darts.gin", "gin/smoke.gin"],
+            [gin_file, "gin/smoke.gin"],
             [f"run_search.data_dir = '{mock_dir}'"],
             tmp_path / "run",
         )
@@ -86,6 +88,11 @@ def test_il_darts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
         "epoch_0002.dot",
         "epoch_0002.json",
     ]
+    events = summaries.read_events(os.fspath(tmp_path / "run" / "summaries"))
+    betas = "pcdarts" in gin_file  # PC-DARTS' edge betas: checkpointed and summarised
+    assert ("betas/normal_heatmap" in events) == betas
+    variables = [name for name, _ in tf.train.list_variables(str(tmp_path / "run" / "checkpoints"))]
+    assert any("beta_normal" in name for name in variables) == betas
 
 
 def test_demo_command_prints_progress_and_writes_the_outputs(demo_run):

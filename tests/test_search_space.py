@@ -318,9 +318,20 @@ def op_params(op, c, stride):
 
 
 def derived_supernet_params(
-    channels, layers, num_classes, steps=4, multiplier=4, stem=3, edge_primitives=None
+    channels,
+    layers,
+    num_classes,
+    steps=4,
+    multiplier=4,
+    stem=3,
+    edge_primitives=None,
+    partial_channels=1,
 ):
-    """Trainable parameters of the reference DARTS supernet, from the layer rules."""
+    """Trainable parameters of the reference DARTS supernet, from the layer rules.
+
+    ``partial_channels`` K: PC-DARTS' candidate ops are built for ``C // K`` channels; the
+    preprocessing, stem and classifier keep the full channels.
+    """
     c_stem = stem * channels
     total = 3 * 3 * 3 * c_stem + 2 * c_stem  # stem conv (no bias) + affine BN
     c_pp, c_p, c = c_stem, c_stem, channels
@@ -337,7 +348,7 @@ def derived_supernet_params(
                 edge_ops = (
                     PRIMITIVES if edge_primitives is None else edge_primitives[reduction][edge]
                 )
-                total += sum(op_params(op, c, stride) for op in edge_ops)
+                total += sum(op_params(op, c // partial_channels, stride) for op in edge_ops)
                 edge += 1
         c_pp, c_p = c_p, multiplier * c
     return total + c_p * num_classes + num_classes

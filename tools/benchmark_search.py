@@ -54,6 +54,12 @@ flags.DEFINE_enum(
     "Compute dtype of the encoders and heads (run_search.mixed_precision).",
 )
 flags.DEFINE_enum("recompute", "none", ["none", "cells"], "SearchEncoder.recompute (memory).")
+flags.DEFINE_bool(
+    "pc_darts",
+    False,
+    "PC-DARTS (Xu et al., 2020): partial channels (--partial_channels) and edge normalisation.",
+)
+flags.DEFINE_integer("partial_channels", 4, "PC-DARTS' K (with --pc_darts).")
 flags.DEFINE_enum(
     "xla",
     "none",
@@ -189,7 +195,7 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from ilnas_tf import engine, learner, precision, search_space
+    from ilnas_tf import engine, learner, pc_darts, precision, search_space
 
     if not FLAGS.grappler:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
@@ -209,7 +215,10 @@ def main(argv):
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
     precision_policy = None if FLAGS.mixed_precision == "float32" else FLAGS.mixed_precision
     loss_scale = precision.DEFAULT_LOSS_SCALE if precision_policy == "mixed_float16" else None
-    architecture = search_space.Architecture()
+    architecture = (
+        pc_darts.EdgeNormalizedArchitecture() if FLAGS.pc_darts else search_space.Architecture()
+    )
+    partial_channels = FLAGS.partial_channels if FLAGS.pc_darts else 1
     learners = [
         learner.Learner(
             search_space.SearchEncoder(
@@ -217,6 +226,7 @@ def main(argv):
                 FLAGS.layers,
                 cell_impl=FLAGS.cell_impl,
                 recompute=FLAGS.recompute,
+                partial_channels=partial_channels,
                 dtype=precision_policy,
             ),
             search_space.ClassifierHead(10, dtype=precision_policy),
@@ -302,6 +312,8 @@ def main(argv):
         "shared_stage_functions": FLAGS.shared_stage_functions,
         "cell_impl": FLAGS.cell_impl,
         "recompute": FLAGS.recompute,
+        "pc_darts": FLAGS.pc_darts,
+        "partial_channels": partial_channels,
         "mixed_precision": FLAGS.mixed_precision,
         "xla": FLAGS.xla,
         "grappler": FLAGS.grappler,
