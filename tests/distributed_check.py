@@ -1,8 +1,9 @@
 """Runs N search iterations on one device and under MirroredStrategy on 2 logical CPUs.
 
 Usage: python tests/distributed_check.py OUT.npz [mode] [learners] [rounds] [cell_impl] [dtype]
-    [transfer] [exact_method] [cell_steps] [image_size]
-Writes the alphas and flat weights of both runs. Run as its own process: the logical CPU
+    [transfer] [exact_method] [cell_steps] [image_size] [partial_channels]
+partial_channels > 1: PC-DARTS (partial channels and edge-normalisation betas).
+Writes the architecture parameters (alphas, and betas for PC-DARTS) and flat weights of both runs. Run as its own process: the logical CPU
 devices must be configured before TensorFlow initialises.
 """
 
@@ -20,7 +21,7 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 
-from ilnas_tf import engine, learner, search_space  # noqa: E402
+from ilnas_tf import engine, learner, pc_darts, search_space  # noqa: E402
 
 ITERATIONS = 3
 GLOBAL_BATCH = 8
@@ -29,12 +30,22 @@ GLOBAL_BATCH = 8
 # float64 runs can use 8x8.
 
 
-def build(config, cell_impl, steps, shape):
+def build(config, cell_impl, steps, shape, partial_channels=1):
     keras.utils.set_random_seed(0)
-    arch = search_space.Architecture(init_scale=0.3, steps=steps)
+    architecture_class = (
+        pc_darts.EdgeNormalizedArchitecture if partial_channels > 1 else search_space.Architecture
+    )
+    arch = architecture_class(init_scale=0.3, steps=steps)
     learners = [
         learner.Learner(
-            search_space.SearchEncoder(2, 3, steps=steps, multiplier=steps, cell_impl=cell_impl),
+            search_space.SearchEncoder(
+                2,
+                3,
+                steps=steps,
+                multiplier=steps,
+                cell_impl=cell_impl,
+                partial_channels=partial_channels,
+            ),
             search_space.ClassifierHead(3),
             shape,
             name=f"learner{k}",
@@ -56,7 +67,7 @@ def batches(config, seed, shape):
 
 
 def snapshot(eng):
-    values = {f"alpha{i}": a.numpy() for i, a in enumerate(eng.architecture.alphas)}
+    values = {f"alpha{i}": a.numpy() for i, a in enumerate(eng.architecture.parameters)}
     for k, item in enumerate(eng.learners):
         values[f"encoder{k}"] = item.states[0].encoder_weights.numpy()
         values[f"head{k}"] = item.states[0].head_weights.numpy()
@@ -74,6 +85,7 @@ def main():
     exact_method = sys.argv[8] if len(sys.argv) > 8 else "stagewise"
     steps = int(sys.argv[9]) if len(sys.argv) > 9 else 4
     size = int(sys.argv[10]) if len(sys.argv) > 10 else 16
+    partial_channels = int(sys.argv[11]) if len(sys.argv) > 11 else 1
     shape = (size, size, 3)
     config = engine.InterleavingConfig(
         num_learners=num_learners,
@@ -86,7 +98,7 @@ def main():
     data = [batches(config, seed, shape) for seed in range(ITERATIONS)]
     lr = tf.constant(0.05, keras.config.floatx())
 
-    single = build(config, cell_impl, steps, shape)
+    single = build(config, cell_impl, steps, shape, partial_channels)
     initial = snapshot(single)
     single_step = tf.function(single.step)
     for train, val in data:
@@ -94,7 +106,7 @@ def main():
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        mirrored = build(config, cell_impl, steps, shape)
+        mirrored = build(config, cell_impl, steps, shape, partial_channels)
 
     @tf.function
     def mirrored_step(train, val):

@@ -80,6 +80,14 @@ def test_stagewise_exact_interleaving_matches_single_device(tmp_path, transfer):
     _assert_match(values, relative=1e-9)
 
 
+def test_pc_darts_stagewise_exact_interleaving_matches_single_device(tmp_path):
+    # PC-DARTS (partial channels K=2, edge-normalisation betas, fused cells), K=2, M=2: the
+    # alphas, the betas and the weights after 3 iterations.
+    values = _run(tmp_path, "exact", 2, 2, "float64", "proximal", "stagewise", 2, 8, 2)
+    assert sum(name.startswith("single_alpha") for name in values) == 4
+    _assert_match(values, relative=1e-9)
+
+
 def test_nested_tapes_exact_interleaving_matches_single_device(tmp_path):
     # K=2, M=1 (learner 2 pulled toward learner 1's W̄): the chain across learners.
     values = _run(tmp_path, "exact", 2, 1, "float64", "proximal", "nested_tapes", 2, 8)

@@ -31,3 +31,12 @@ run --channels=16 --layers=8 --batch=64 --learners=1 --rounds=1 --mode=exact --s
 run --channels=16 --layers=8 --batch=64 --learners=2 --rounds=2 --mode=exact --steps=1
 run --channels=16 --layers=8 --batch=64 --learners=2 --rounds=2 --mode=exact --steps=1 \
   --recompute=cells
+# PC-DARTS (issue 15): partial channels K=4 + edge normalisation, next to the DARTS rows above.
+run --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 --mode=first_order --pc_darts
+run --channels=8 --layers=5 --batch=16 --learners=1 --rounds=1 --mode=exact --pc_darts
+run --channels=8 --layers=5 --batch=16 --learners=2 --rounds=2 --mode=exact --pc_darts
+# The PC-DARTS protocol's batch 256 at C=16, 8 cells, first order: PC-DARTS and DARTS.
+run --channels=16 --layers=8 --batch=256 --learners=1 --rounds=1 --mode=first_order --steps=1 \
+  --pc_darts
+run --channels=16 --layers=8 --batch=256 --learners=1 --rounds=1 --mode=first_order --steps=1 \
+  --max_rss_gib=21
