@@ -4,7 +4,7 @@
 # Exits with status 2 and a message when TensorFlow sees no GPU (tests never need one).
 # Each row is tools/benchmark_search.py at the paper's search setting (C=16, 8 cells, batch 64
 # per learner and stage, 32x32 images): DARTS (K=1) first order / exact, IL K=2, M=2 exact
-# (stage-wise and nested tapes), the memory options, mixed precision and XLA.
+# (stage-wise and nested tapes), the memory options, mixed precision and XLA, and PC-DARTS.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-/dev/stdout}"
@@ -28,3 +28,6 @@ run --learners=2 --rounds=2 --mode=exact --recompute=cells
 run --learners=2 --rounds=2 --mode=exact --mixed_precision=mixed_float16
 run --learners=2 --rounds=2 --mode=exact --mixed_precision=mixed_bfloat16
 run --learners=2 --rounds=2 --mode=exact --xla=both
+# PC-DARTS (issue 15): its protocol's batch 256 first order, and IL-PC-DARTS K=2, M=2 exact.
+run --learners=1 --rounds=1 --mode=first_order --batch=256 --pc_darts
+run --learners=2 --rounds=2 --mode=exact --pc_darts
