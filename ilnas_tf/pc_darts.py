@@ -56,16 +56,8 @@ class EdgeNormalizedArchitecture(Architecture):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         shape = (num_edges(self.steps),)
-        self.beta_normal = self.add_weight(
-            name="beta_normal",
-            shape=shape,
-            initializer=keras.initializers.RandomNormal(stddev=self.init_scale),
-        )
-        self.beta_reduce = self.add_weight(
-            name="beta_reduce",
-            shape=shape,
-            initializer=keras.initializers.RandomNormal(stddev=self.init_scale),
-        )
+        self.beta_normal = self.add_logits("beta_normal", shape)
+        self.beta_reduce = self.add_logits("beta_reduce", shape)
 
     @property
     def betas(self) -> list:

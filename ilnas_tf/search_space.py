@@ -146,18 +146,15 @@ class Architecture(keras.layers.Layer):
         )
         num_ops = len(self.primitives if edge_primitives is None else self.edge_primitives[0][0])
         shape = (num_edges(self.steps), num_ops)
-        # One initialiser instance per variable: a shared instance repeats its values.
-        self.alpha_normal = self.add_weight(
-            name="alpha_normal",
-            shape=shape,
-            initializer=keras.initializers.RandomNormal(stddev=self.init_scale),
-        )
-        self.alpha_reduce = self.add_weight(
-            name="alpha_reduce",
-            shape=shape,
-            initializer=keras.initializers.RandomNormal(stddev=self.init_scale),
-        )
+        self.alpha_normal = self.add_logits("alpha_normal", shape)
+        self.alpha_reduce = self.add_logits("alpha_reduce", shape)
         self.built = True
+
+    def add_logits(self, name, shape):
+        """A variable of A initialised as ``init_scale * N(0, 1)`` (subclasses add theirs)."""
+        # One initialiser instance per variable: a shared instance repeats its values.
+        initializer = keras.initializers.RandomNormal(stddev=self.init_scale)
+        return self.add_weight(name=name, shape=shape, initializer=initializer)
 
     @property
     def alphas(self) -> list:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 __all__ = ["copy_weights_from_search_cell", "search_cell_kernels_to_fused"]
 
@@ -75,3 +76,15 @@ def copy_weights_from_search_cell(fused_cell, search_cell) -> None:
         fused_cell.kernels, search_cell_kernels_to_fused(fused_cell, search_cell)
     ):
         variable.assign(value)
+
+
+def first_order(cell, inputs, probe):
+    """``cell``'s output at ``inputs = (s0, s1, weights)`` and the gradients of
+    ``sum(output * probe)`` w.r.t. ``(s0, s1, weights)`` and every kernel."""
+    s0, s1, weights = inputs
+    with tf.GradientTape() as tape:
+        tape.watch([s0, s1, weights])
+        output = cell(s0, s1, weights)
+        loss = tf.reduce_sum(output * probe)
+    grads = tape.gradient(loss, [s0, s1, weights] + cell.kernels)
+    return output, grads[:3], grads[3:]

@@ -12,7 +12,11 @@ from ilnas_tf.fused_cell import FusedSearchCell
 from ilnas_tf.genotype import PRIMITIVES
 from ilnas_tf.search_cell import SearchCell
 from ilnas_tf.search_space import SearchEncoder
-from tests.cell_kernels import copy_weights_from_search_cell, search_cell_kernels_to_fused
+from tests.cell_kernels import (
+    copy_weights_from_search_cell,
+    first_order,
+    search_cell_kernels_to_fused,
+)
 from tests.layer_test_utils import count_params
 
 TOL = 1e-9
@@ -59,16 +63,6 @@ def make_cells(
     columns = len(primitives) if edge_primitives is None else len(edge_primitives[0])
     weights = tf.constant(rng.normal(size=(genotype_lib.num_cell_edges(steps), columns)))
     return reference, fused, (s0, s1, weights)
-
-
-def first_order(cell, inputs, probe):
-    s0, s1, weights = inputs
-    with tf.GradientTape() as tape:
-        tape.watch([s0, s1, weights])
-        output = cell(s0, s1, weights)
-        loss = tf.reduce_sum(output * probe)
-    grads = tape.gradient(loss, [s0, s1, weights] + cell.kernels)
-    return output, grads[:3], grads[3:]
 
 
 @pytest.mark.parametrize("grouping", ["small", "exact", "pad"])

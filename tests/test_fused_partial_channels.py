@@ -13,7 +13,11 @@ from ilnas_tf.fused_cell import FusedSearchCell
 from ilnas_tf.genotype import PRIMITIVES
 from ilnas_tf.search_cell import SearchCell
 from ilnas_tf.search_space import SearchEncoder
-from tests.cell_kernels import copy_weights_from_search_cell, search_cell_kernels_to_fused
+from tests.cell_kernels import (
+    copy_weights_from_search_cell,
+    first_order,
+    search_cell_kernels_to_fused,
+)
 from tests.layer_test_utils import count_params
 
 RTOL = 1e-12  # relative to the largest magnitude of the reference tensor
@@ -74,16 +78,6 @@ def make_cells(
     row_sums = rng.uniform(0.3, 0.8, size=(edges, 1)) + 1.2 * (np.arange(edges)[:, None] % 2)
     weights = tf.constant(weights / np.sum(weights, axis=1, keepdims=True) * row_sums)
     return reference, fused, (s0, s1, weights)
-
-
-def first_order(cell, inputs, probe):
-    s0, s1, weights = inputs
-    with tf.GradientTape() as tape:
-        tape.watch([s0, s1, weights])
-        output = cell(s0, s1, weights)
-        loss = tf.reduce_sum(output * probe)
-    grads = tape.gradient(loss, [s0, s1, weights] + cell.kernels)
-    return output, grads[:3], grads[3:]
 
 
 def check_first_order(reference, fused, inputs, seed=1):
