@@ -672,3 +672,40 @@ def eval_dataset(name, batch_size, *, split="test", data_dir=None, image_size=No
     builder = get_builder(spec, data_dir)
     split = {"test": spec.test_split, "train": spec.train_split}.get(split, split)
     return _finite_batches(builder, spec, split, batch_size, size)[0]
+
+
+def with_noise_ids(dataset, stream_id, start_batch=0):
+    """Appends noise ids to every ``(images, labels)`` global batch of an infinite stream.
+
+    The ids are an int64 ``[batch, 3]`` tensor of rows ``(stream_id, batch number, position in
+    the batch)``: P-DARTS' skip-connect dropout (``ops.skip_dropout``) draws its masks as a
+    stateless function of them, so every evaluation of a loss on one batch sees the same masks
+    (exact and finite-difference hypergradients, gradient recompute), a resumed run draws the
+    masks an uninterrupted one would, and the replicas of a distributed step, each holding a
+    slice of the batch, draw the single-device masks of their rows.
+
+    Args:
+      dataset: global batches ``(images, labels)`` (fixed batch size).
+      stream_id: an int that tells this stream apart from the run's other streams.
+      start_batch: the batch number of the stream's first batch (a resumed stream's position).
+
+    Returns:
+      The dataset of ``(images, labels, noise_ids)``.
+    """
+    stream_id = validation.check_int("stream_id", stream_id, 0)
+    start_batch = validation.check_int("start_batch", start_batch, 0)
+
+    def add(number, batch):
+        images, labels = batch
+        size = tf.shape(labels, out_type=tf.int64)[0]
+        ids = tf.stack(
+            [
+                tf.fill([size], tf.constant(stream_id, tf.int64)),
+                tf.fill([size], number),
+                tf.range(size, dtype=tf.int64),
+            ],
+            axis=1,
+        )
+        return images, labels, ids
+
+    return dataset.enumerate(start=start_batch).map(add)

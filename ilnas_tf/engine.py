@@ -252,8 +252,9 @@ class InterleavingEngine:
         """Architecture step, then weight steps (DARTS order). Returns a dict of metrics.
 
         Args:
-          train_batches: one ``(images, labels)`` per stage, in stage order.
-          val_batches: one ``(images, labels)`` per learner.
+          train_batches: one ``(images, labels)`` per stage, in stage order (or ``(images,
+            labels, noise)`` with skip-connect dropout: ``hypergradient.Problem``).
+          val_batches: one ``(images, labels)`` (or ``(images, labels, noise)``) per learner.
           learning_rate: the learners' current learning rate (eta): a Python float or a
             scalar tensor of ``dtype``.
           update_architecture: False: a weight-only step (warm-up); the validation metrics
@@ -315,7 +316,7 @@ class InterleavingEngine:
             ("train", train_batches, [k for _, k in cfg.stages]),
             ("validation", val_batches, list(range(cfg.num_learners))),
         ):
-            for i, ((images, _), k) in enumerate(zip(batches, owners)):
+            for i, ((images, *_), k) in enumerate(zip(batches, owners)):
                 expected = self.learners[k].image_shape
                 if tuple(images.shape[1:]) != expected:
                     raise ValueError(

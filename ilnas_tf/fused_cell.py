@@ -64,6 +64,13 @@ channel shuffle is linear, each node is ``channel_shuffle(concat([op sums, bypas
 of its edges' summed (unshuffled) outputs: one shuffle per node instead of one per edge. The
 spatial size must be even at a reduction cell. With K = 1 none of this is in the graph.
 
+P-DARTS' skip-connect dropout (Chen et al., 2019; ``forward(..., skip_noise=(rate, noise),
+salt=base)``, see ``search_cell``): every (source ``s``, target ``m``) edge then needs its own
+mask, so the shared stride-1 identity above is replaced, for the waves that have one, by the
+per-edge masked copies of each source (``ops.skip_dropout`` with salt ``base`` + the edge's
+reference index, as the per-edge cell draws them) stacked to ``[N*H*W*C, S, M]`` and summed
+over ``s`` against the identity weights. Without ``skip_noise`` the graph is the one above.
+
 Select it with ``SearchEncoder(..., cell_impl="fused")``.
 """
 
@@ -74,7 +81,7 @@ import numpy as np
 import tensorflow as tf
 
 from ilnas_tf import ops, validation
-from ilnas_tf.search_cell import SearchCellBase
+from ilnas_tf.search_cell import SearchCellBase, check_skip_noise
 
 __all__ = ["FusedSearchCell"]
 
@@ -171,7 +178,8 @@ class FusedSearchCell(SearchCellBase):
 
     Same arguments, config keys, call ``cell(s0, s1, weights)`` (``weights`` of shape
     ``(num_edges, len(primitives))`` in the reference edge order) and pure
-    ``forward(kernels, s0, s1, weights)``; only the layout of the edge kernels differs.
+    ``forward(kernels, s0, s1, weights, skip_noise=None, salt=0)`` (P-DARTS' skip-connect
+    dropout: ``search_cell.SearchCellBase``); only the layout of the edge kernels differs.
     """
 
     # Which conv ops share one depthwise conv (zero taps added to smaller kernels are exact):
@@ -461,10 +469,35 @@ class FusedSearchCell(SearchCellBase):
         x = _reshape(tf.stack([p0, p1], axis=-1), [2 * self.channels])
         return ops.batch_norm(x)
 
-    def _wave(self, wave, prepared, x, weights):
+    def _dropped_identity(self, wave, x, identity, skip_noise, salt):
+        """The identity term of ``wave`` with P-DARTS' skip-connect dropout: ``[NHW * C, M]``.
+
+        Each (source ``s``, target ``m``) edge holding ``skip_connect`` masks its own copy of
+        source ``s`` (``ops.skip_dropout`` with salt ``salt`` + its reference index); edges
+        without it keep the source unmasked (their identity weight is zero). The copies,
+        ``[NHW * C, S, M]``, are summed over ``s`` against the identity weights ``[S, M]``.
+        """
+        start, sources, per_source = self.waves[wave]
+        rate, noise = skip_noise
+        inputs = tf.unstack(_reshape(x, [self.op_channels, len(sources)]), axis=-1)
+        per_source_copies = []
+        for s, source in enumerate(inputs):
+            copies = []
+            for m in range(per_source):
+                edge = self.wave_order[start + s * per_source + m]
+                if "skip_connect" in self.edge_ops[edge]:
+                    copies.append(ops.skip_dropout(source, rate, noise, salt + edge))
+                else:
+                    copies.append(source)
+            per_source_copies.append(tf.stack(copies, axis=-1))  # [N, H, W, C, M]
+        masked = tf.stack(per_source_copies, axis=-2)  # [N, H, W, C, S, M]
+        masked = tf.reshape(masked, [-1, len(sources), per_source])
+        return tf.reduce_sum(masked * identity, axis=1)
+
+    def _wave(self, wave, prepared, x, weights, skip_noise=None, salt=0):
         """Weighted sums of the edges of ``wave`` (input ``x``, channels (c, s)) into nodes
         ``wave .. steps - 1``: ``[N, H, W, C, M]`` (with partial channels: op channels, then
-        bypass channels, unshuffled)."""
+        bypass channels, unshuffled). ``skip_noise``, ``salt``: see ``_dropped_identity``."""
         start, sources, per_source = self.waves[wave]
         c = self.op_channels
         num_sources = len(sources)
@@ -561,7 +594,9 @@ class FusedSearchCell(SearchCellBase):
             y = _pointwise(tf.transpose(y, [1, 3, 0, 2]), prepared["pointwise2"][wave])
             y = ops.batch_norm(_unflatten(y, like, [c * len(self.sep_ops) * edges]))
             terms.append(tf.matmul(tf.reshape(y, [-1, len(self.sep_ops) * edges]), stage2))
-        if identity is not None:
+        if identity is not None and skip_noise is not None:
+            terms.append(self._dropped_identity(wave, x, identity, skip_noise, salt))
+        elif identity is not None:
             terms.append(tf.matmul(tf.reshape(x, [-1, num_sources]), identity))
         total = terms[0] if len(terms) == 1 else tf.add_n(terms)  # [NHW * C, M]
         if bypass is None:
@@ -576,8 +611,14 @@ class FusedSearchCell(SearchCellBase):
             axis=3,
         )
 
-    def forward(self, kernels, s0, s1, weights):
-        """Pure forward pass; ``kernels`` in ``self.kernels`` order, ``weights`` (edges, ops)."""
+    def forward(self, kernels, s0, s1, weights, skip_noise=None, salt=0):
+        """Pure forward pass; ``kernels`` in ``self.kernels`` order, ``weights`` (edges, ops).
+
+        ``skip_noise``: ``None`` (no dropout) or ``(rate, noise)`` for P-DARTS' skip-connect
+        dropout, with salt ``salt`` + the reference edge index (``ops.skip_dropout``).
+        """
+        skip_noise = check_skip_noise("skip_noise", skip_noise, self.partial_channels)
+        salt = validation.check_int("salt", salt)
         n_pre = len(self.preprocess0.kernel_specs()) + len(self.preprocess1.kernel_specs())
         self.check_partial_channel_shape(s1.shape)
         x = self._preprocess(kernels[:n_pre], s0, s1)
@@ -586,7 +627,7 @@ class FusedSearchCell(SearchCellBase):
         incoming = [[] for _ in range(self.steps)]  # per node: its edges' weighted sums
         nodes = []
         for wave in range(self.steps):
-            contribution = self._wave(wave, prepared, x, mixing[wave])
+            contribution = self._wave(wave, prepared, x, mixing[wave], skip_noise, salt)
             last = wave == self.steps - 1
             pieces = [contribution[..., 0]] if last else tf.unstack(contribution, axis=-1)
             for node, piece in enumerate(pieces, start=wave):

@@ -78,8 +78,9 @@ class Problem(NamedTuple):
       functions: a ``stage_functions.StageFunctions`` over the learners.
       mixing: ``mixing(parameters) -> (weights_normal, weights_reduce)`` (the architecture's).
       starts: one ``StageStart`` per stage (the values of the stage's weight copy now).
-      train_batches: one ``(images, labels)`` per stage.
-      val_batches: one ``(images, labels)`` per learner.
+      train_batches: one ``(images, labels)`` per stage (or ``(images, labels, noise)``: the
+        noise ids of P-DARTS' skip-connect dropout, ``data.with_noise_ids``).
+      val_batches: one ``(images, labels)`` (or ``(images, labels, noise)``) per learner.
       learning_rate: eta, a scalar tensor in the weights' dtype.
     """
 
@@ -116,9 +117,13 @@ def _scale(weight, tensor):
     return tensor if weight == 1.0 or tensor is None else weight * tensor
 
 
+def batch_arguments(batch):
+    """A batch's tensors as stage-function arguments: ``(images, labels[, noise])``."""
+    return tuple(batch)
+
+
 def _learner_loss(problem, k, encoder, head, mixing, batch):
-    images, labels = batch
-    return problem.functions.learners[k].loss(encoder, head, mixing, images, labels)
+    return problem.functions.learners[k].loss(encoder, head, mixing, *batch_arguments(batch))
 
 
 def virtual_step(config, weights, momentum, gradient, learning_rate):
@@ -189,8 +194,8 @@ def stage_gradient(problem, stage, encoder, head, previous, mixing, after=()):
     """All-reduced ∇_{W,H} of the stage objective (proximal part analytic), loss, logits."""
     cfg = problem.config
     _, k = cfg.stages[stage]
-    images, labels = problem.train_batches[stage]
-    args = serialized(after, (encoder, head, mixing[0], mixing[1], images, labels))
+    batch = batch_arguments(problem.train_batches[stage])
+    args = serialized(after, (encoder, head, mixing[0], mixing[1]) + batch)
     g_encoder, g_head, loss, logits = problem.functions.gradient(k)(*args)
     g_encoder, g_head = distribution.all_reduce([g_encoder, g_head])
     weight = cfg.train_weight(k)

@@ -83,9 +83,22 @@ class Learner:
       loss_scale: ``None`` (no scaling) or a power of two: the stage computations scale the
         loss by it before differentiating and divide the results by it (float16 loss scaling,
         ``precision``). The encoder and head must share one dtype policy.
+      skip_dropout_rate: ``None`` or a scalar ``tf.Variable``: P-DARTS' dropout rate on the
+        stride-1 skip-connects of an encoder built with ``skip_dropout=True``, applied to the
+        batches that carry noise ids (``logits``'s ``noise``). One variable shared by every
+        learner of a search (the stage functions trace one learner per structure).
     """
 
-    def __init__(self, encoder, head, image_shape, name="learner", num_states=1, loss_scale=None):
+    def __init__(
+        self,
+        encoder,
+        head,
+        image_shape,
+        name="learner",
+        num_states=1,
+        loss_scale=None,
+        skip_dropout_rate=None,
+    ):
         self.encoder = encoder
         self.head = head
         self.name = name
@@ -98,6 +111,12 @@ class Learner:
                 f"the head's {head.dtype_policy.name!r} differ: expected one policy for both"
             )
         self.loss_scale = precision.check_loss_scale("loss_scale", loss_scale)
+        self.skip_dropout_rate = skip_dropout_rate
+        if (skip_dropout_rate is not None) != bool(getattr(encoder, "skip_dropout", False)):
+            raise ValueError(
+                f"learner {name}: skip_dropout_rate={skip_dropout_rate!r} needs an encoder built "
+                "with skip_dropout=True, and such an encoder needs a rate variable"
+            )
         edges, num_ops = encoder.mixing_shape
         uniform = tf.fill([edges, num_ops], tf.constant(1.0 / num_ops, encoder.compute_dtype))
         dummy = tf.zeros((2,) + self.image_shape, encoder.compute_dtype)
@@ -140,15 +159,30 @@ class Learner:
         """Whether the layers compute in a lower dtype than their (flat) weights."""
         return self.encoder.compute_dtype != self.encoder.variable_dtype
 
-    def logits(self, encoder_flat, head_flat, mixing, images):
+    def _noise_arguments(self, noise):
+        """The encoder's ``skip_noise`` keyword for a batch's noise ids (none without)."""
+        if noise is None or self.skip_dropout_rate is None:
+            return {}
+        rate = tf.cast(self.skip_dropout_rate, self.encoder.compute_dtype)
+        return {"skip_noise": (rate, noise)}
+
+    def logits(self, encoder_flat, head_flat, mixing, images, noise=None):
         """Logits at the given flat weights and mixing weights ``(normal, reduce)``.
 
         In the weights' dtype (float32 under a mixed policy, where the layers compute in
-        bfloat16 / float16).
+        bfloat16 / float16). ``noise``: the batch's noise ids (``data.with_noise_ids``) or
+        None; with a ``skip_dropout_rate`` they select the batch's skip-connect dropout masks
+        (every evaluation on one batch sees the same masks); without noise no dropout.
         """
+        extra = self._noise_arguments(noise)
         if not self.mixed:
             features, _ = self.encoder.stateless_call(
-                self.encoder_layout.unflatten(encoder_flat), [], images, mixing[0], mixing[1]
+                self.encoder_layout.unflatten(encoder_flat),
+                [],
+                images,
+                mixing[0],
+                mixing[1],
+                **extra,
             )
             logits, _ = self.head.stateless_call(
                 self.head_layout.unflatten(head_flat), [], features
@@ -162,7 +196,7 @@ class Learner:
                 zip(self.encoder.trainable_variables, self.encoder_layout.unflatten(encoder_flat))
             )
         ):
-            features = self.encoder(images, mixing[0], mixing[1])
+            features = self.encoder(images, mixing[0], mixing[1], **extra)
         with keras.StatelessScope(
             state_mapping=list(
                 zip(self.head.trainable_variables, self.head_layout.unflatten(head_flat))
@@ -171,13 +205,14 @@ class Learner:
             logits = self.head(features)
         return tf.cast(logits, self.encoder.variable_dtype)
 
-    def loss(self, encoder_flat, head_flat, mixing, images, labels):
+    def loss(self, encoder_flat, head_flat, mixing, images, labels, noise=None):
         """Cross-entropy averaged over the *global* batch, and the logits.
 
         With several replicas each one returns its share (sum over its examples divided by
         the global batch size): the all-reduced sum is the mean over the global batch.
+        ``noise``: see ``logits``.
         """
-        logits = self.logits(encoder_flat, head_flat, mixing, images)
+        logits = self.logits(encoder_flat, head_flat, mixing, images, noise)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
             tf.cast(labels, tf.int32), logits
         )

@@ -25,6 +25,7 @@ Batch normalisation:
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = [
     "Zero",
     "batch_norm",
     "make_op",
+    "skip_dropout",
 ]
 
 
@@ -236,6 +238,81 @@ def channel_shuffle(x, groups: int):
     shape = tf.shape(x)
     grouped = tf.reshape(x, tf.concat([shape[:3], [groups, channels // groups]], 0))
     return tf.reshape(tf.transpose(grouped, [0, 1, 2, 4, 3]), shape)
+
+
+def _check_dropout_rate(rate):
+    """``rate`` as a tensor; a number must lie in [0, 1) (a tensor's value is not checked)."""
+    if isinstance(rate, numbers.Real) and not isinstance(rate, bool):
+        value = float(rate)
+        if not 0.0 <= value < 1.0:  # NaN fails too
+            validation.fail("rate", rate, "a number in [0, 1)")
+        return tf.constant(value, tf.float64)
+    expected = "a number in [0, 1) or a scalar float tensor"
+    if isinstance(rate, (bool, str, bytes)) or rate is None:
+        validation.fail("rate", rate, expected)
+    try:
+        rate = tf.convert_to_tensor(rate)
+    except (TypeError, ValueError):
+        validation.fail("rate", rate, expected)
+    if not rate.dtype.is_floating or rate.shape.rank not in (None, 0):
+        validation.fail("rate", rate, expected)
+    return rate
+
+
+def skip_dropout(x, rate, noise, salt: int):
+    """P-DARTS' dropout after a stride-1 ``skip_connect``, as a stateless function of the batch.
+
+    P-DARTS (Chen et al., 2019, "Progressive Differentiable Architecture Search: Bridging the
+    Depth Gap between Search and Evaluation") puts an (inverted) dropout after the identity of
+    every stride-1 ``skip_connect`` of its search cells, each edge with its own masks: an entry
+    is kept with probability ``1 - rate`` and scaled by ``1 / (1 - rate)``, else zeroed.
+
+    Here the mask is a pure function of ``(noise, salt)``, so every evaluation of a loss on the
+    same batch (nested tapes, finite differences, recomputation, a resumed run) sees the same
+    mask, and a replica of ``tf.distribute`` draws, for its slice of the global batch, the rows
+    a single device draws for those examples: with ``B = b * num_replicas_in_sync`` the global
+    batch size,
+
+        u = stateless_uniform([B, H, W, C], seed=fold_in((noise[0, 0], noise[0, 1]), salt))
+        keep = gather(u, noise[:, 2]) >= rate
+        y = x * keep / (1 - rate)
+
+    (Philox, float32 uniforms whatever the dtype of ``x``, so a float64 or mixed-precision
+    network draws the masks of a float32 one). ``rate = 0`` returns ``x`` exactly; the
+    derivative with respect to ``x`` is ``keep / (1 - rate)``.
+
+    Args:
+      x: ``[b, H, W, C]`` activations (float16, bfloat16, float32 or float64).
+      rate: the drop probability, a Python number in [0, 1) or a scalar float tensor (assumed,
+        not checked, to lie in [0, 1)).
+      noise: int64 ``[b, 3]``; row ``i`` is (stream id, batch index, position of example ``i``
+        in the global batch). The first two columns must be the same in every row; they and
+        ``salt`` select the random stream.
+      salt: a Python int distinguishing the masks of different edges on the same batch.
+
+    Returns:
+      ``x`` with dropout applied, in ``x``'s dtype.
+    """
+    salt = validation.check_int("salt", salt)
+    rate = _check_dropout_rate(rate)
+    noise = tf.convert_to_tensor(noise)
+    if not noise.dtype.is_integer:
+        validation.fail("noise", noise, "an int64 tensor [batch, 3]")
+    if noise.shape.rank is not None and (noise.shape.rank != 2 or noise.shape[-1] not in (None, 3)):
+        validation.fail("noise", noise, "an int64 tensor [batch, 3]")
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank is not None and x.shape.rank != 4:
+        validation.fail("x", x, "an NHWC tensor of rank 4")
+    noise = tf.cast(noise, tf.int64)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    shape = tf.shape(x)
+    global_shape = tf.concat([shape[:1] * replicas, shape[1:]], 0)
+    # The stream and batch ids are the same in every row; max() also works on an empty batch.
+    seed = tf.reduce_max(noise[:, :2], axis=0)
+    seed = tf.random.experimental.stateless_fold_in(seed, salt, alg="philox")
+    uniform = tf.random.stateless_uniform(global_shape, seed=seed, alg="philox")
+    keep = tf.gather(uniform, noise[:, 2]) >= tf.cast(rate, tf.float32)
+    return x * tf.cast(keep, x.dtype) / tf.cast(1.0 - tf.cast(rate, tf.float64), x.dtype)
 
 
 # ----------------------------------------------------------------------------- layers

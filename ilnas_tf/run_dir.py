@@ -48,7 +48,7 @@ RESUMABLE = (
 # What each command writes under root_dir (``--fresh_start`` removes these and nothing else).
 OUTPUTS = {
     "search": ("checkpoints", "summaries", "genotypes", "genotype.json", "genotype.dot",
-               "results.json", "operative_config.gin"),
+               "results.json", "operative_config.gin", "stages"),
     "train": ("model.json", "checkpoints", "summaries", "export", "results.json",
               "operative_config.gin"),
 }  # fmt: skip
@@ -130,6 +130,7 @@ ADDED_SETTINGS = {
     "run_search.loss_scale": "None",
     "run_search.partial_channels": "1",
     "run_search.edge_normalization": "False",
+    "run_search.progressive": "False",
 }
 """Fingerprint entries added after runs were first recorded, with the value (repr) that runs
 recorded without them used: a record that lacks one of them resumes when the current value

@@ -26,6 +26,7 @@ from ilnas_tf import cli, validation
 flags.adopt_module_key_flags(cli)  # --help lists the shared flags
 EVAL_BATCH_SIZE = 250  # the final search-val evaluation (forward passes only)
 DEMO_GIN = os.path.join(cli.REPO_ROOT, "gin", "demo.gin")
+STAGE_SEED_STRIDE = 7919  # P-DARTS stage s > 0 initialises with seed + 7919 * s
 
 
 @gin.configurable(denylist=["fresh_start", "force_resume"])
@@ -41,6 +42,7 @@ def run_search(
     cell_impl="fused",
     partial_channels=1,
     edge_normalization=False,
+    progressive=False,
     recompute="none",
     mixed_precision=None,
     loss_scale=None,
@@ -88,6 +90,11 @@ def run_search(
       edge_normalization: PC-DARTS' edge normalisation: a beta per edge, softmaxed over each
         node's incoming edges, weights the edge and the derivation
         (``pc_darts.EdgeNormalizedArchitecture``; False: DARTS' ``Architecture``).
+      progressive: P-DARTS' progressive search (Chen et al., 2019): stages of deeper
+        supernets over fewer candidate ops, skip-connect dropout and a skip-connect limit at
+        the end, as ``progressive.ProgressiveSchedule`` (bound in gin) sets them; ``layers``,
+        ``channels``, ``epochs``, ``warmup_epochs``, ``steps_per_epoch`` and ``max_steps``
+        are then per stage (layout of ``root_dir`` in ``progressive``).
       recompute: ``"none"`` or ``"cells"``: recompute each search cell's activations in the
         backward passes instead of storing them (``search_space.SearchEncoder``; a memory
         option, the same results to round-off, so it may change on resume).
@@ -135,7 +142,9 @@ def run_search(
         engine,
         learner,
         pc_darts,
+        pdarts,
         precision,
+        progressive,
         run_dir,
         run_loop,
         search_loop,
@@ -155,14 +164,19 @@ def run_search(
     _check_precision_mode(mixed_precision, config)
     if mixed_precision == "mixed_float16" and loss_scale is None:
         loss_scale = precision.DEFAULT_LOSS_SCALE
-    identity = run_dir.fingerprint(
-        "run_search",
-        settings,
-        {
-            f"InterleavingConfig.{f.name}": getattr(config, f.name)
-            for f in dataclasses.fields(config)
-        },
-    )
+    schedule = _progressive_schedule(settings)
+    extra = {
+        f"InterleavingConfig.{f.name}": getattr(config, f.name) for f in dataclasses.fields(config)
+    }
+    if schedule is not None:
+        extra.update(
+            {
+                f"ProgressiveSchedule.{f.name}": getattr(schedule, f.name)
+                for f in dataclasses.fields(schedule)
+            }
+        )
+    skip_dropout = schedule is not None and schedule.uses_skip_dropout
+    identity = run_dir.fingerprint("run_search", settings, extra)
     state, record = run_dir.check_run(
         root_dir, "search", identity, fresh_start=fresh_start, force_resume=force_resume
     )
@@ -203,11 +217,26 @@ def run_search(
     first = streams()  # validates every dataset before building anything
 
     def make_streams(step):
+        """``[(train, val)]`` per learner at global ``step`` (with noise ids under skip
+        dropout: streams ``2k`` and ``2k + 1``)."""
         # A fresh run reads the streams built above (in-memory splits are loaded once).
-        return [(s.train, s.val) for s in (first if step == 0 else streams(step))]
+        pairs = [(s.train, s.val) for s in (first if step == 0 else streams(step))]
+        if not skip_dropout:
+            return pairs
+        result = []
+        for k, (train, val) in enumerate(pairs):
+            stages = sum(1 for _, owner in config.stages if owner == k)
+            result.append(
+                (
+                    data.with_noise_ids(train, 2 * k, step * stages),
+                    data.with_noise_ids(val, 2 * k + 1, step),
+                )
+            )
+        return result
 
     per_epoch = steps_per_epoch or max(1, first[0].num_train // batch_size)
-    total_steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
+    stage_steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
+    total_steps = stage_steps * (1 if schedule is None else schedule.num_stages)
     if state == "complete" and record["completed_steps"] >= total_steps:
         return run_dir.already_complete("search", root_dir, record)
     run_dir.check_root_dir(root_dir)
@@ -217,94 +246,145 @@ def run_search(
             root_dir, "search", identity, state, record, step=run_dir.latest_step(root_dir)
         )
     names = [f"{name.replace('/', '_')}_{k}" for k, name in enumerate(datasets)]
-    with strategy_object.scope():
-        architecture_class = (
-            pc_darts.EdgeNormalizedArchitecture if edge_normalization else search_space.Architecture
-        )
-        architecture = architecture_class(steps=nodes, name="architecture")
-        learners = [
-            learner.Learner(
-                search_space.SearchEncoder(
-                    channels,
-                    layers,
-                    steps=nodes,
-                    multiplier=nodes,
-                    cell_impl=cell_impl,
-                    recompute=recompute,
-                    partial_channels=partial_channels,
-                    dtype=mixed_precision,
-                    name=f"encoder_{k}",
-                ),
-                search_space.ClassifierHead(
-                    spec.num_classes, dtype=mixed_precision, name=f"head_{k}"
-                ),
-                shapes[datasets[k]],
-                name=names[k],
-                num_states=config.rounds if config.weights_per_stage else 1,
-                loss_scale=loss_scale,
-            )  # fmt: skip
-            for k, spec in enumerate(specs)
+    chief = distribution.is_chief(strategy_object)
+    kept_iterators = []
+
+    def run_stage(stage):
+        """Builds the supernet, engine and loop of one search (a P-DARTS stage) and runs it."""
+        if stage.index > 0:  # a stage's initial weights and alphas depend on the seed only
+            keras.utils.set_random_seed(seed + STAGE_SEED_STRIDE * stage.index)
+        rate = None
+        with strategy_object.scope():
+            architecture_class = (
+                pc_darts.EdgeNormalizedArchitecture
+                if edge_normalization
+                else search_space.Architecture
+            )
+            architecture = architecture_class(
+                steps=nodes, edge_primitives=stage.edge_primitives, name="architecture"
+            )
+            if skip_dropout:
+                rate = tf.Variable(
+                    0.0,
+                    trainable=False,
+                    name="skip_dropout_rate",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            learners = [
+                learner.Learner(
+                    search_space.SearchEncoder(
+                        stage.channels,
+                        stage.layers,
+                        steps=nodes,
+                        multiplier=nodes,
+                        cell_impl=cell_impl,
+                        edge_primitives=stage.edge_primitives,
+                        recompute=recompute,
+                        partial_channels=partial_channels,
+                        skip_dropout=skip_dropout,
+                        dtype=mixed_precision,
+                        name=f"encoder_{k}",
+                    ),
+                    search_space.ClassifierHead(
+                        spec.num_classes, dtype=mixed_precision, name=f"head_{k}"
+                    ),
+                    shapes[datasets[k]],
+                    name=names[k],
+                    num_states=config.rounds if config.weights_per_stage else 1,
+                    loss_scale=loss_scale,
+                    skip_dropout_rate=rate,
+                )  # fmt: skip
+                for k, spec in enumerate(specs)
+            ]
+            search_engine = engine.InterleavingEngine(architecture, learners, config)
+        phases = [
+            run_loop.Phase("warmup", warmup_epochs, update_architecture=False),
+            run_loop.Phase("search", epochs - warmup_epochs),
         ]
-        search_engine = engine.InterleavingEngine(architecture, learners, config)
-    phases = [
-        run_loop.Phase("warmup", warmup_epochs, update_architecture=False),
-        run_loop.Phase("search", epochs - warmup_epochs),
-    ]
-    print(
-        f"supernet C={channels}, {layers} cells, {nodes} nodes"
-        + (f", partial channels 1/{partial_channels}" if partial_channels > 1 else "")
-        + (", edge normalisation" if edge_normalization else "")
-        + f"; K={len(datasets)} learners "
-        f"({', '.join(datasets)}), M={config.rounds} rounds, mode={config.mode}, "
-        f"lambda={config.proximal_strength}; {per_epoch} steps/epoch x {epochs} epochs"
-        + (f" ({warmup_epochs} weight-only warm-up)" if warmup_epochs else "")
-        + f" on {strategy_object.num_replicas_in_sync} replica(s)"
-        + (f", {mixed_precision}" if mixed_precision else "")
-        + (f" (loss scale {loss_scale:g})" if loss_scale else "")
-        + (f" (stopping after {max_steps} steps)" if max_steps else ""),
-        flush=True,
-    )
-    for name, item in zip(names, learners):
-        print(
-            f"learner {name}: {item.num_encoder_weights:,} encoder + {item.num_head_weights:,} "
-            "head weights",
-            flush=True,
+        _describe(settings, config, schedule, stage, strategy_object, loss_scale, per_epoch)
+        for name, item in zip(names, learners):
+            print(
+                f"learner {name}: {item.num_encoder_weights:,} encoder + "
+                f"{item.num_head_weights:,} head weights",
+                flush=True,
+            )
+        dropout = None
+        if rate is not None:
+            initial, decay = stage.skip_dropout, schedule.skip_dropout_decay
+            dropout = (
+                rate,
+                lambda epoch: pdarts.skip_dropout_rate(
+                    initial, epoch, epochs, warmup_epochs, decay
+                ),
+            )
+        task = search_loop.SearchTask(
+            root_dir=stage.root_dir,
+            engine=search_engine,
+            strategy=strategy_object,
+            make_streams=lambda step: make_streams(stage.first_step + step),
+            # A P-DARTS stage before the last prunes by its alphas: no final evaluation.
+            evaluations=_evaluations(
+                data, datasets, specs, first, split, batch_size, data_dir, image_size
+            )
+            if schedule is None or stage.index == schedule.num_stages - 1
+            else [],
+            learner_names=names,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            learning_rate_min=learning_rate_min,
+            batch_size=batch_size,
+            chief=chief,
+            skip_dropout=dropout,
+            stage=None
+            if schedule is None
+            else (stage.index + 1, progressive.edge_primitives_text(stage.edge_primitives, nodes)),
         )
-    task = search_loop.SearchTask(
-        root_dir=root_dir,
-        engine=search_engine,
-        strategy=strategy_object,
-        make_streams=make_streams,
-        evaluations=_evaluations(
-            data, datasets, specs, first, split, batch_size, data_dir, image_size
-        ),
-        learner_names=names,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        learning_rate_min=learning_rate_min,
-        batch_size=batch_size,
-        chief=distribution.is_chief(strategy_object),
-    )
-    if loss_scale:
-        task.advice += (
-            f"; under mixed_float16 also lower run_search.loss_scale (now {loss_scale:g})"
+        if loss_scale:
+            task.advice += (
+                f"; under mixed_float16 also lower run_search.loss_scale (now {loss_scale:g})"
+            )
+        loop = run_loop.RunLoop(
+            task,
+            root_dir=stage.root_dir,
+            strategy=strategy_object,
+            phases=phases,
+            steps_per_epoch=per_epoch,
+            summary_every_steps=summary_every_steps,
+            checkpoint_every_steps=checkpoint_every_steps,
+            max_to_keep=max_to_keep,
+            max_steps=max_steps,
         )
-    loop = run_loop.RunLoop(
-        task,
-        root_dir=root_dir,
-        strategy=strategy_object,
-        phases=phases,
-        steps_per_epoch=per_epoch,
-        summary_every_steps=summary_every_steps,
-        checkpoint_every_steps=checkpoint_every_steps,
-        max_to_keep=max_to_keep,
-        max_steps=max_steps,
-    )
+        # Kept to the end: deleting a stage's (distributed) iterators stalls for a minute and
+        # more in TF 2.21, even on one device.
+        kept_iterators.append(loop._iterators)
+        return loop.run()
+
     config_path = os.path.join(root_dir, "operative_config.gin")
-    if loop.chief:  # the bound configuration now, the operative one once the run has used it
+    if chief:  # the bound configuration now, the operative one once the run has used it
         run_dir.write_atomically(config_path, gin.config_str())
-    results = loop.run()
-    if loop.chief:
+    whole = progressive.Stage(
+        index=0,
+        root_dir=root_dir,
+        channels=channels,
+        layers=layers,
+        edge_primitives=None,
+        skip_dropout=0.0,
+        first_step=0,
+    )
+    if schedule is None:
+        results = run_stage(whole)
+    else:
+        results = progressive.run_stages(
+            root_dir,
+            schedule,
+            channels=channels,
+            layers=layers,
+            nodes=nodes,
+            steps_per_stage=stage_steps,
+            run_stage=run_stage,
+            chief=chief,
+        )
+    if chief:
         run_dir.write_atomically(config_path, gin.operative_config_str())
         run_dir.finish_run(root_dir, results["steps"])
     print(f"final genotype: {results['genotype']}")
@@ -312,10 +392,18 @@ def run_search(
         print(f"learner {name}: search-val accuracy {accuracy:.3f}")
     for name, accuracy in results.get("holdout_accuracy", {}).items():
         print(f"learner {name}: holdout accuracy {accuracy:.3f}")
-    print(
-        f"outputs in {root_dir}: genotype.json / genotype.dot, genotypes/ (per epoch), "
-        f"checkpoints/, results.json; TensorBoard: tensorboard --logdir {root_dir}/summaries"
-    )
+    if schedule is None:
+        print(
+            f"outputs in {root_dir}: genotype.json / genotype.dot, genotypes/ (per epoch), "
+            f"checkpoints/, results.json; TensorBoard: tensorboard --logdir {root_dir}/summaries"
+        )
+    else:
+        print(
+            f"outputs in {root_dir}: genotype.json / genotype.dot (at most "
+            f"{schedule.skip_limit} skip-connects), genotypes/skip_limit_*.json, results.json, "
+            f"stages/stage_*/ (each stage's search); TensorBoard: tensorboard --logdir "
+            f"{root_dir}/stages"
+        )
     logging.info("results: %s", results)
     return results
 
@@ -345,6 +433,7 @@ def check_settings(settings):
         name("partial_channels"), s["partial_channels"], s["channels"]
     )
     v.check_bool(name("edge_normalization"), s["edge_normalization"])
+    v.check_bool(name("progressive"), s["progressive"])
     v.check_choice(name("recompute"), s["recompute"], RECOMPUTE)
     precision.check_precision(name("mixed_precision"), s["mixed_precision"])
     s["loss_scale"] = precision.check_loss_scale(name("loss_scale"), s["loss_scale"])
@@ -367,6 +456,48 @@ def check_settings(settings):
     for key in ("summary_every_steps", "checkpoint_every_steps", "max_to_keep"):
         s[key] = v.check_int(name(key), s[key], 1)
     return s
+
+
+def _progressive_schedule(settings):
+    """The checked ``progressive.ProgressiveSchedule`` of a progressive search (else None)."""
+    from ilnas_tf import genotype, progressive
+
+    if not settings["progressive"]:
+        return None
+    schedule = progressive.ProgressiveSchedule().checked(
+        len(genotype.PRIMITIVES), settings["nodes"]
+    )
+    if schedule.uses_skip_dropout:
+        for key, plain in (("partial_channels", 1), ("recompute", "none")):
+            if settings[key] != plain:
+                validation.fail(
+                    f"run_search.{key}",
+                    settings[key],
+                    f"{plain!r} with P-DARTS' skip-connect dropout (ProgressiveSchedule."
+                    f"skip_dropout={schedule.skip_dropout}; set it to zeros to combine them)",
+                )
+    return schedule
+
+
+def _describe(settings, config, schedule, stage, strategy, loss_scale, per_epoch):
+    """The console line that describes a search (or a P-DARTS stage) before it starts."""
+    s = settings
+    datasets, epochs, warmup_epochs = s["datasets"], s["epochs"], s["warmup_epochs"]
+    print(
+        f"supernet C={stage.channels}, {stage.layers} cells, {s['nodes']} nodes"
+        + (f", partial channels 1/{s['partial_channels']}" if s["partial_channels"] > 1 else "")
+        + (", edge normalisation" if s["edge_normalization"] else "")
+        + ("" if schedule is None else f", P-DARTS stage {stage.index + 1}/{schedule.num_stages}")
+        + f"; K={len(datasets)} learners "
+        f"({', '.join(datasets)}), M={config.rounds} rounds, mode={config.mode}, "
+        f"lambda={config.proximal_strength}; {per_epoch} steps/epoch x {epochs} epochs"
+        + (f" ({warmup_epochs} weight-only warm-up)" if warmup_epochs else "")
+        + f" on {strategy.num_replicas_in_sync} replica(s)"
+        + (f", {s['mixed_precision']}" if s["mixed_precision"] else "")
+        + (f" (loss scale {loss_scale:g})" if loss_scale else "")
+        + (f" (stopping after {s['max_steps']} steps)" if s["max_steps"] else ""),
+        flush=True,
+    )
 
 
 def _check_precision_mode(mixed_precision, config):
@@ -433,7 +564,7 @@ def _evaluations(data, datasets, specs, search_data, split, batch_size, data_dir
 
 def main(argv):
     del argv
-    cli.run("search", run_search, [DEMO_GIN], configurables=("ilnas_tf.engine",))
+    cli.run("search", run_search, [DEMO_GIN], configurables=("ilnas_tf.engine", "ilnas_tf.progressive"))
 
 
 def console_main():

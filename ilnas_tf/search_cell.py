@@ -22,9 +22,19 @@ column ``j`` of its row of mixing weights weights op ``edge_primitives[e][j]``.
 A cell's forward pass is a pure function of (kernels, inputs, mixing weights)
 (``forward``), so a supernet can be evaluated at substituted weights with
 ``stateless_call`` under nested ``GradientTape``s.
+
+P-DARTS' skip-connect dropout (Chen et al., 2019, "Progressive Differentiable Architecture
+Search: Bridging the Depth Gap between Search and Evaluation"): given ``skip_noise=(rate,
+noise)`` and a ``salt`` base, the output of every stride-1 ``skip_connect`` goes through
+``ops.skip_dropout`` with salt ``salt + e`` on reference edge ``e`` (node-major, the rows of
+``weights``), before its mixing weight; the stride-2 ones (``FactorizedReduce``) are untouched.
+The masks are a stateless function of the batch (``noise``) and the edge, so both cell
+implementations draw the same ones. Without ``skip_noise`` the graph is the dropout-free one.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import keras
 import tensorflow as tf
@@ -53,6 +63,59 @@ def check_partial_channels(name: str, value, channels: int) -> int:
     if channels % value:
         validation.fail(name, value, f"a divisor of the cell's channels ({channels})")
     return value
+
+
+def check_skip_noise(name: str, skip_noise, partial_channels: int = 1):
+    """``None``, or ``(rate, noise)`` for ``ops.skip_dropout`` as a pair of tensors.
+
+    A numeric ``rate`` must lie in [0, 1) and becomes a float64 scalar; ``noise`` becomes an
+    int64 tensor (Keras refuses call arguments that mix tensors and Python numbers, so the
+    cells and the encoder are always handed tensors). Refuses ``partial_channels > 1`` (not
+    supported yet: nothing has settled whether PC-DARTS' bypass channels would be dropped).
+    """
+    if skip_noise is None:
+        return None
+    rate, noise = validation.check_sequence(name, skip_noise, length=2)
+    if partial_channels > 1:
+        validation.fail(
+            name,
+            skip_noise,
+            f"None with partial_channels={partial_channels}: skip-connect dropout is not "
+            "supported with partial channel connections yet",
+        )
+    expected = "a number in [0, 1) or a scalar float tensor"
+    if isinstance(rate, numbers.Real) and not isinstance(rate, bool):
+        if not 0.0 <= float(rate) < 1.0:  # NaN fails too
+            validation.fail(f"{name}[0]", rate, "a number in [0, 1)")
+        rate = tf.constant(float(rate), tf.float64)
+    elif isinstance(rate, (bool, str, bytes)) or rate is None:
+        validation.fail(f"{name}[0]", rate, expected)
+    else:
+        rate = tf.convert_to_tensor(rate)
+    if not rate.dtype.is_floating or rate.shape.rank not in (None, 0):
+        validation.fail(f"{name}[0]", rate, expected)
+    noise = tf.convert_to_tensor(noise)
+    if not noise.dtype.is_integer:
+        validation.fail(f"{name}[1]", noise, "an int64 tensor [batch, 3]")
+    return rate, tf.cast(noise, tf.int64)
+
+
+def tensor_skip_noise_arguments(args, kwargs, position: int, partial_channels: int = 1):
+    """``(args, kwargs)`` of a layer call with its ``skip_noise`` made tensors.
+
+    Keras refuses a nested call argument that mixes tensors and Python numbers, so a layer
+    whose ``call`` takes ``skip_noise=(rate, noise)`` (positional index ``position``) converts
+    a numeric rate (``check_skip_noise``) before ``keras.layers.Layer.__call__`` sees it.
+    """
+    if len(args) > position and args[position] is not None:
+        noise = check_skip_noise("skip_noise", args[position], partial_channels)
+        args = (*args[:position], noise, *args[position + 1 :])
+    elif kwargs.get("skip_noise") is not None:
+        kwargs = dict(kwargs)
+        kwargs["skip_noise"] = check_skip_noise(
+            "skip_noise", kwargs["skip_noise"], partial_channels
+        )
+    return args, kwargs
 
 
 def check_even_spatial(name: str, shape, partial_channels: int):
@@ -95,6 +158,10 @@ class MixedOp(keras.layers.Layer):
       partial_channels: K, ``1`` (default, DARTS) or a divisor of ``channels``. On a stride-2
         edge with K > 1 the input's height and width must be even, and a ``skip_connect``
         candidate (a ``FactorizedReduce``) needs an even ``channels // K``.
+
+    ``forward``/``call`` take ``skip_noise=(rate, noise)`` and ``salt`` (the edge's own, a
+    Python int) for P-DARTS' dropout after a stride-1 ``skip_connect``
+    (``ops.skip_dropout``); ``None`` (default): no dropout.
     """
 
     def __init__(
@@ -162,7 +229,7 @@ class MixedOp(keras.layers.Layer):
     def kernels(self):
         return [k for op in self.candidates for k in op.kernels]
 
-    def _op_sum(self, kernels, x, weights):
+    def _op_sum(self, kernels, x, weights, skip_noise=None, salt=0):
         """``sum_o weights[o] * op_o(x)`` over the candidates (zeros when only ``none``)."""
         outputs, offset = [], 0
         for index, op in zip(self.active, self.candidates):
@@ -171,15 +238,22 @@ class MixedOp(keras.layers.Layer):
             offset += count
             if "pool" in self.primitives[index]:
                 y = ops.batch_norm(y)
+            elif skip_noise is not None and isinstance(op, ops.Identity):
+                y = ops.skip_dropout(y, skip_noise[0], skip_noise[1], salt)
             outputs.append(weights[index] * y)
         if not outputs:  # only 'none': exactly zero
             return tf.zeros_like(x if self.stride == 1 else x[:, ::2, ::2, :])
         return tf.add_n(outputs)
 
-    def forward(self, kernels, x, weights):
-        """Pure forward: ``kernels`` in ``self.kernels`` order, ``weights`` one row of mixing weights."""
+    def forward(self, kernels, x, weights, skip_noise=None, salt=0):
+        """Pure forward: ``kernels`` in ``self.kernels`` order, ``weights`` one row of mixing weights.
+
+        ``skip_noise``: ``None`` or ``(rate, noise)``; with it a stride-1 ``skip_connect``'s
+        output is ``ops.skip_dropout(x, rate, noise, salt)``.
+        """
+        skip_noise = check_skip_noise("skip_noise", skip_noise, self.partial_channels)
         if self.partial_channels == 1:
-            return self._op_sum(kernels, x, weights)
+            return self._op_sum(kernels, x, weights, skip_noise, salt)
         y = self._op_sum(kernels, x[..., : self.op_channels], weights)
         bypass = x[..., self.op_channels :]
         if self.stride == 2:
@@ -188,8 +262,12 @@ class MixedOp(keras.layers.Layer):
         bypass = tf.reduce_sum(weights) * bypass
         return ops.channel_shuffle(tf.concat([y, bypass], axis=-1), self.partial_channels)
 
-    def call(self, x, weights):
-        return self.forward([k.value for k in self.kernels], x, weights)
+    def __call__(self, *args, **kwargs):
+        args, kwargs = tensor_skip_noise_arguments(args, kwargs, 2, self.partial_channels)
+        return super().__call__(*args, **kwargs)
+
+    def call(self, x, weights, skip_noise=None, salt=0):
+        return self.forward([k.value for k in self.kernels], x, weights, skip_noise, salt)
 
     def get_config(self):
         config = super().get_config()
@@ -207,7 +285,10 @@ class SearchCellBase(keras.layers.Layer):
 
     Validates and stores the hyperparameters, builds the two preprocessing ops, and provides
     ``call`` and ``get_config``. Subclasses define ``kernels``, ``build`` and the pure
-    ``forward(kernels, s0, s1, weights)``.
+    ``forward(kernels, s0, s1, weights, skip_noise=None, salt=0)``: with ``skip_noise=(rate,
+    noise)`` the stride-1 ``skip_connect`` of reference edge ``e`` is followed by
+    ``ops.skip_dropout(..., rate, noise, salt + e)`` (P-DARTS); ``None``: no dropout (the
+    dropout-free graph).
 
     Args:
       c_prev_prev, c_prev: channels of the two inputs (outputs of the two previous cells).
@@ -308,11 +389,18 @@ class SearchCellBase(keras.layers.Layer):
             self.partial_channels,
         )
 
-    def forward(self, kernels, s0, s1, weights):
+    def forward(self, kernels, s0, s1, weights, skip_noise=None, salt=0):
         raise NotImplementedError
 
-    def call(self, s0, s1, weights):
-        return self.forward([k.value for k in self.kernels], s0, s1, weights)
+    def __call__(self, *args, **kwargs):
+        args, kwargs = tensor_skip_noise_arguments(args, kwargs, 3, self.partial_channels)
+        return super().__call__(*args, **kwargs)
+
+    def call(self, s0, s1, weights, skip_noise=None, salt=0):
+        kernels = [k.value for k in self.kernels]
+        if skip_noise is None:
+            return self.forward(kernels, s0, s1, weights)
+        return self.forward(kernels, s0, s1, weights, skip_noise=skip_noise, salt=salt)
 
     def get_config(self):
         config = super().get_config()
@@ -380,8 +468,13 @@ class SearchCell(SearchCellBase):
             result.extend(edge.kernels)
         return result
 
-    def forward(self, kernels, s0, s1, weights):
-        """Pure forward pass; ``kernels`` in ``self.kernels`` order, ``weights`` (edges, ops)."""
+    def forward(self, kernels, s0, s1, weights, skip_noise=None, salt=0):
+        """Pure forward pass; ``kernels`` in ``self.kernels`` order, ``weights`` (edges, ops).
+
+        ``skip_noise``/``salt``: P-DARTS' skip-connect dropout (see ``SearchCellBase``).
+        """
+        skip_noise = check_skip_noise("skip_noise", skip_noise, self.partial_channels)
+        salt = validation.check_int("salt", salt)
         n0 = len(self.preprocess0.kernel_specs())
         n1 = len(self.preprocess1.kernel_specs())
         states = [
@@ -394,11 +487,19 @@ class SearchCell(SearchCellBase):
             for source in range(2 + node):
                 edge = self.edges[edge_index]
                 count = len(edge.kernels)
-                terms.append(
-                    edge.forward(
-                        kernels[offset : offset + count], states[source], weights[edge_index]
+                edge_kernels = kernels[offset : offset + count]
+                if skip_noise is None:
+                    terms.append(edge.forward(edge_kernels, states[source], weights[edge_index]))
+                else:
+                    terms.append(
+                        edge.forward(
+                            edge_kernels,
+                            states[source],
+                            weights[edge_index],
+                            skip_noise,
+                            salt + edge_index,
+                        )
                     )
-                )
                 offset += count
                 edge_index += 1
             states.append(tf.add_n(terms))

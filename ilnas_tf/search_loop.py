@@ -74,6 +74,11 @@ class SearchTask(run_loop.Task):
       learning_rate, learning_rate_min: the learners' cosine schedule (per epoch).
       batch_size: global batch size of every stream (the ETA of the final evaluation).
       chief: whether this process writes the outputs.
+      skip_dropout: ``None`` or ``(rate_variable, schedule)``: P-DARTS' skip-connect dropout,
+        ``rate_variable`` (the learners' ``skip_dropout_rate``) set to ``schedule(epoch)`` at
+        the start of every epoch (also on resume) and summarised as ``pdarts/skip_dropout_rate``.
+      stage: ``None`` or ``(stage_number, text)`` of a progressive search's stage: summarised as
+        ``pdarts/stage`` and, after the first epoch, the text of the ops on each edge.
     """
 
     description = "search step"
@@ -94,6 +99,8 @@ class SearchTask(run_loop.Task):
         learning_rate_min,
         batch_size,
         chief=True,
+        skip_dropout=None,
+        stage=None,
     ):
         self.root_dir = root_dir
         self.engine = engine
@@ -106,7 +113,10 @@ class SearchTask(run_loop.Task):
         self.learning_rate_min = float(learning_rate_min)
         self.batch_size = int(batch_size)
         self.chief = chief
+        self.skip_dropout = skip_dropout
+        self.stage = stage
         self._learning_rate = None
+        self._skip_dropout_rate = None
         if chief:
             os.makedirs(os.path.join(root_dir, "genotypes"), exist_ok=True)
 
@@ -151,6 +161,10 @@ class SearchTask(run_loop.Task):
         self._learning_rate = run_loop.cosine_learning_rate(
             epoch, self.epochs, self.learning_rate, self.learning_rate_min
         )
+        if self.skip_dropout is not None:
+            variable, schedule = self.skip_dropout
+            self._skip_dropout_rate = float(schedule(epoch))
+            variable.assign(self._skip_dropout_rate)
         # In the weights' dtype from the start: a float64 run must not round eta to float32.
         return (tf.constant(self._learning_rate, self.engine.dtype),)
 
@@ -183,6 +197,10 @@ class SearchTask(run_loop.Task):
         tf.summary.scalar("search/proximal_strength", config.proximal_strength)
         tf.summary.scalar("search/arch_learning_rate", config.arch_learning_rate)
         tf.summary.scalar("search/steps_per_second", steps_per_second)
+        if self._skip_dropout_rate is not None:
+            tf.summary.scalar("pdarts/skip_dropout_rate", self._skip_dropout_rate)
+        if self.stage is not None:
+            tf.summary.scalar("pdarts/stage", self.stage[0])
         # The chain (this step's): each stage's part of dL/dA, the cotangent reaching its
         # output and the link's gain, and their product (README, "The chain's defaults").
         for stage in range(len(config.stages)):
@@ -204,6 +222,8 @@ class SearchTask(run_loop.Task):
             step, alpha_normal, alpha_reduce, architecture.edge_weights()
         )
         tf.summary.text("search/genotype", genotype.to_string())
+        if self.stage is not None and epoch == 0:
+            tf.summary.text("pdarts/ops_per_edge", self.stage[1])
         return " | ".join(
             f"{name}: train loss {means[f'learner/{name}/train_loss']:.3f} acc "
             f"{means[f'learner/{name}/train_accuracy']:.3f}, val loss "
@@ -221,7 +241,13 @@ class SearchTask(run_loop.Task):
     def finish(self, step):
         genotype = self._write_genotype(os.path.join(self.root_dir, "genotype"))
         self.engine.sync_layers()  # the Keras layers now hold the trained weights
-        results = {"genotype": genotype.to_string()}
+        architecture = self.engine.architecture
+        results = {
+            "genotype": genotype.to_string(),
+            # The final alphas and the search space they live in (P-DARTS prunes by them).
+            "alphas": [a.numpy().astype(float).tolist() for a in architecture.alphas],
+            "edge_primitives": architecture.edge_primitives,
+        }
         for evaluation in self.evaluations:
             accuracies = self.evaluate(evaluation)
             results[evaluation.key] = dict(zip(self.learner_names, accuracies))

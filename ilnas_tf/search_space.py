@@ -41,6 +41,8 @@ from ilnas_tf.search_cell import (
     SearchCellBase,
     check_partial_channels,
     check_primitives,
+    check_skip_noise,
+    tensor_skip_noise_arguments,
 )
 
 __all__ = [
@@ -214,9 +216,11 @@ class Architecture(keras.layers.Layer):
 class SearchEncoder(keras.layers.Layer):
     """Stem (3x3 conv to ``3 * channels`` + BN) -> ``layers`` search cells -> global average pool.
 
-    Call as ``encoder(images, weights_normal, weights_reduce)``, each of shape
+    Call as ``encoder(images, weights_normal, weights_reduce, skip_noise=None)``, each of shape
     ``encoder.mixing_shape``; returns ``(batch, features)`` with ``features ==
-    encoder.output_channels``. The stem BN is affine (as in the reference); every other BN is
+    encoder.output_channels``. ``skip_noise``: ``None``, or with ``skip_dropout=True`` a pair
+    ``(rate, noise)`` turning on P-DARTS' skip-connect dropout for this call (training
+    forward passes; see ``skip_dropout`` below). The stem BN is affine (as in the reference); every other BN is
     non-affine. All BNs use batch statistics (see ``ops``).
 
     Args:
@@ -250,6 +254,17 @@ class SearchEncoder(keras.layers.Layer):
         ``channels``; every edge of every cell sends ``1 / K`` of its channels through its ops
         (``search_cell.SearchCellBase``). With edge normalisation, pair it with
         ``pc_darts.EdgeNormalizedArchitecture``.
+      skip_dropout: P-DARTS' dropout after every stride-1 ``skip_connect`` of the cells (Chen
+        et al., 2019, "Progressive Differentiable Architecture Search: Bridging the Depth Gap
+        between Search and Evaluation"). ``False`` (default): ``call`` refuses ``skip_noise``
+        and nothing in the graph changes. ``True``: a call with ``skip_noise=(rate, noise)``
+        drops out each such edge's output with its own mask, ``ops.skip_dropout(x, rate,
+        noise, salt)`` with ``salt = cell_index * num_edges + edge`` (reference edge order), a
+        stateless function of the batch's ``noise`` (int64 ``[batch, 3]``: stream id, batch
+        index, position in the global batch) that every re-evaluation on the same batch, a
+        resumed run and a ``tf.distribute`` replica reproduce; ``skip_noise=None``: no dropout
+        (evaluation). Not supported yet with ``partial_channels > 1`` or
+        ``recompute="cells"`` (refused).
     """
 
     def __init__(
@@ -265,6 +280,7 @@ class SearchEncoder(keras.layers.Layer):
         edge_primitives=None,
         recompute="none",
         partial_channels=1,
+        skip_dropout=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -284,6 +300,21 @@ class SearchEncoder(keras.layers.Layer):
         self.partial_channels = check_partial_channels(
             "partial_channels", partial_channels, self.channels
         )
+        self.skip_dropout = validation.check_bool("skip_dropout", skip_dropout)
+        if self.skip_dropout and self.partial_channels > 1:
+            validation.fail(
+                "skip_dropout",
+                skip_dropout,
+                f"False with partial_channels={self.partial_channels}: skip-connect dropout is "
+                "not supported with partial channel connections yet",
+            )
+        if self.skip_dropout and self.recompute == "cells":
+            validation.fail(
+                "skip_dropout",
+                skip_dropout,
+                "False with recompute='cells': skip-connect dropout is not supported with "
+                "recomputed cells yet",
+            )
         c_curr = self.stem_multiplier * self.channels
         self.stem_channels = c_curr
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, self.channels
@@ -345,13 +376,30 @@ class SearchEncoder(keras.layers.Layer):
                 width = None if width is None else (width + 1) // 2
             s0, s1 = s1, (batch, height, width, cell.multiplier * cell.channels)
 
-    def call(self, images, weights_normal, weights_reduce):
+    def _check_skip_noise(self, skip_noise):
+        """``None`` or ``(rate, noise)`` as tensors; refused unless ``skip_dropout``."""
+        if skip_noise is not None and not self.skip_dropout:
+            validation.fail(
+                "skip_noise", skip_noise, "None: the encoder was built with skip_dropout=False"
+            )
+        return check_skip_noise("skip_noise", skip_noise, self.partial_channels)
+
+    def __call__(self, *args, **kwargs):
+        # Keras refuses a nested call argument mixing tensors and Python numbers.
+        args, kwargs = tensor_skip_noise_arguments(args, kwargs, 3, self.partial_channels)
+        return super().__call__(*args, **kwargs)
+
+    def call(self, images, weights_normal, weights_reduce, skip_noise=None):
+        skip_noise = self._check_skip_noise(skip_noise)
         s = ops.conv2d(images, self.stem_kernel.value, 1, 1)
         s0 = s1 = ops.batch_norm(s, self.stem_gamma.value, self.stem_beta.value)
-        for cell in self.cells:
+        edges = num_edges(self.steps)
+        for index, cell in enumerate(self.cells):
             weights = weights_reduce if cell.reduction else weights_normal
             if self.recompute == "cells":
                 s0, s1 = s1, _recomputed_cell(cell, s0, s1, weights)
+            elif skip_noise is not None:
+                s0, s1 = s1, cell(s0, s1, weights, skip_noise=skip_noise, salt=index * edges)
             else:
                 s0, s1 = s1, cell(s0, s1, weights)
         return tf.reduce_mean(s1, axis=[1, 2])
@@ -373,6 +421,7 @@ class SearchEncoder(keras.layers.Layer):
             edge_primitives=_edge_primitives_config(self.edge_primitives),
             recompute=self.recompute,
             partial_channels=self.partial_channels,
+            skip_dropout=self.skip_dropout,
         )
         return config
 

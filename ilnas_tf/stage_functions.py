@@ -44,32 +44,43 @@ def _dense(tensors):
     return [tf.convert_to_tensor(t) for t in tensors]
 
 
-def loss_gradient(learner, encoder, head, normal, reduce, images, labels):
+def loss_gradient(learner, encoder, head, normal, reduce, images, labels, noise=None):
     """∇_{W,H} L^tr (this replica's share, unweighted), the loss and the logits."""
     scale = learner.loss_scale
     with tf.GradientTape() as tape:
         tape.watch([encoder, head])
-        loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels)
+        loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels, noise)
         scaled = precision.scale_loss(loss, scale)
     grads = tape.gradient(scaled, [encoder, head], unconnected_gradients=_ZERO)
     g_encoder, g_head = precision.unscale(_dense(grads), scale)
     return g_encoder, g_head, loss, logits
 
 
-def validation_gradient(learner, encoder, head, normal, reduce, images, labels):
+def validation_gradient(learner, encoder, head, normal, reduce, images, labels, noise=None):
     """L^val, the logits and ∇_{W,H,mixing} L^val (this replica's share, unweighted)."""
     sources = [encoder, head, normal, reduce]
     scale = learner.loss_scale
     with tf.GradientTape() as tape:
         tape.watch(sources)
-        loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels)
+        loss, logits = learner.loss(encoder, head, (normal, reduce), images, labels, noise)
         scaled = precision.scale_loss(loss, scale)
     grads = _dense(tape.gradient(scaled, sources, unconnected_gradients=_ZERO))
     return (loss, logits) + precision.unscale(grads, scale)
 
 
 def mixed_second_derivative(
-    learner, hvp_method, with_weights, encoder, head, normal, reduce, images, labels, d_enc, d_head
+    learner,
+    hvp_method,
+    with_weights,
+    encoder,
+    head,
+    normal,
+    reduce,
+    images,
+    labels,
+    d_enc,
+    d_head,
+    noise=None,
 ):
     """∂/∂(mixing[, W, H]) <∇_{W,H} L^tr, (d_enc, d_head)>: one virtual step's VJP.
 
@@ -90,7 +101,7 @@ def mixed_second_derivative(
         with tf.autodiff.ForwardAccumulator([encoder, head], [d_enc, d_head]) as accumulator:
             with tf.GradientTape() as tape:
                 tape.watch(sources)
-                loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+                loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels, noise)
                 loss = precision.scale_loss(loss, scale)
             grads = _dense(tape.gradient(loss, sources, unconnected_gradients=_ZERO))
         parts = [accumulator.jvp(g, unconnected_gradients=_ZERO) for g in grads]
@@ -99,7 +110,7 @@ def mixed_second_derivative(
             outer.watch(sources)
             with tf.GradientTape() as inner:
                 inner.watch([encoder, head])
-                loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels)
+                loss, _ = learner.loss(encoder, head, (normal, reduce), images, labels, noise)
                 loss = precision.scale_loss(loss, scale)
             g_enc, g_head = _dense(
                 inner.gradient(loss, [encoder, head], unconnected_gradients=_ZERO)
@@ -162,6 +173,9 @@ class StageFunctions:
                 experimental_attributes={"_noinline": True},
             )
         return self._traced[key]
+
+    # Every computation takes the batch's noise ids (``data.with_noise_ids``) as an optional
+    # last argument: batches ``(images, labels, noise)`` pass them, ``(images, labels)`` don't.
 
     def gradient(self, k):
         """``f(encoder, head, normal, reduce, images, labels) -> (g_enc, g_head, loss, logits)``."""

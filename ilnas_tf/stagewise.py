@@ -32,6 +32,7 @@ from ilnas_tf.hypergradient import (
     Result,
     _add,
     _scale,
+    batch_arguments,
     closed_form,
     serialized,
     stage_gradient,
@@ -74,8 +75,9 @@ def _validation_cotangents(problem, mixing, outputs, gate):
     losses, accs = [], []
     for k in range(cfg.num_learners):
         stage = cfg.last_stage(k)
-        images, labels = problem.val_batches[k]
-        args = serialized(gate, outputs[stage] + (mixing[0], mixing[1], images, labels))
+        batch = batch_arguments(problem.val_batches[k])
+        labels = batch[1]
+        args = serialized(gate, outputs[stage] + (mixing[0], mixing[1]) + batch)
         loss, logits, d_encoder, d_head, d_normal, d_reduce = problem.functions.validation(k)(*args)
         gate = (d_encoder, d_head)
         weight = cfg.val_weight(k)
@@ -104,7 +106,7 @@ def _backward_stage(problem, stage, steps, mixing, v_encoder, v_head, gate):
     lr = problem.learning_rate
     pull = 2.0 * lam * lr
     v_enc_buf = v_head_buf = v_previous = None
-    images, labels = problem.train_batches[stage]
+    images, labels, *noise = batch_arguments(problem.train_batches[stage])
     part = [tf.zeros_like(m) for m in mixing]
     for step in reversed(range(cfg.unroll_steps)):
         encoder, head = steps[step]
@@ -122,7 +124,7 @@ def _backward_stage(problem, stage, steps, mixing, v_encoder, v_head, gate):
         # previous stage's W̄.
         with_weights = step > 0 or (handover and stage > 0)
         args = (encoder, head, mixing[0], mixing[1], images, labels)
-        args = serialized(gate, args + (beta_encoder, beta_head))
+        args = serialized(gate, args + (beta_encoder, beta_head) + tuple(noise))
         parts = problem.functions.mixed(k, with_weights)(*args)
         gate = parts
         part = [c + _scale(weight, p) for c, p in zip(part, parts[:2])]

@@ -21,6 +21,7 @@ def make_engine(
     shared_stage_functions=False,
     nodes=4,
     architecture_class=search_space.Architecture,
+    skip_dropout_rate=None,
     **encoder_kwargs,
 ):
     """Architecture + K learners (tiny supernets) + engine, deterministic in ``seed``.
@@ -30,7 +31,8 @@ def make_engine(
     tiny supernets run for one step. ``nodes``: intermediate nodes per cell (2 cuts the op
     count, hence the eager run time, about threefold). ``architecture_class`` (e.g.
     ``pc_darts.EdgeNormalizedArchitecture``) and ``encoder_kwargs`` (e.g. ``partial_channels``,
-    ``cell_impl``) select other search spaces.
+    ``cell_impl``) select other search spaces. ``skip_dropout_rate``: a ``tf.Variable`` for
+    P-DARTS' skip-connect dropout (encoders built with ``skip_dropout=True``).
     """
     keras.utils.set_random_seed(seed)
     arch = architecture_class(steps=nodes, init_scale=0.5, dtype=dtype)
@@ -44,6 +46,7 @@ def make_engine(
             IMAGE_SHAPE,
             name=f"learner{k}",
             num_states=num_states,
+            skip_dropout_rate=skip_dropout_rate,
         )
         for k in range(config.num_learners)
     ]
@@ -52,15 +55,24 @@ def make_engine(
     )
 
 
-def make_batches(eng, batch=2, seed=1, dtype=np.float64):
-    """One random train batch per stage and one validation batch per learner."""
+def make_batches(eng, batch=2, seed=1, dtype=np.float64, noise=False):
+    """One random train batch per stage and one validation batch per learner.
+
+    ``noise``: each batch also carries noise ids (``data.with_noise_ids``'s rows; a distinct
+    stream per batch) for skip-connect dropout.
+    """
     rng = np.random.default_rng(seed)
+    streams = iter(range(1000))
 
     def batch_for(k):
         classes = eng.learners[k].head.num_classes
         images = rng.normal(size=(batch,) + IMAGE_SHAPE).astype(dtype)
         labels = rng.integers(0, classes, size=(batch,)).astype(np.int32)
-        return tf.constant(images), tf.constant(labels)
+        if not noise:
+            return tf.constant(images), tf.constant(labels)
+        stream = next(streams)
+        ids = np.stack([np.full(batch, stream), np.full(batch, 7), np.arange(batch)], axis=1)
+        return tf.constant(images), tf.constant(labels), tf.constant(ids, tf.int64)
 
     train = [batch_for(k) for _, k in eng.config.stages]
     val = [batch_for(k) for k in range(eng.config.num_learners)]

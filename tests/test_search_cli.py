@@ -56,12 +56,16 @@ def demo_run(data_dir, tmp_path_factory):
 
 def test_shipped_gin_files():
     expected = {"base_search", "darts_1st", "darts_2nd", "il_darts", "mtl_darts", "demo", "smoke"}
+    expected |= {"pdarts", "pdarts_cifar100", "mtl_pdarts", "il_pdarts", "smoke_pdarts"}
     assert {f"gin/{name}.gin" for name in expected} <= set(GIN_FILES)
 
 
 def _smoke(gin_file):
-    """The smoke overrides for ``gin_file`` (PC-DARTS needs a multiple of 4 channels)."""
-    return "gin/smoke_pcdarts.gin" if "pcdarts" in gin_file else "gin/smoke.gin"
+    """The smoke overrides for ``gin_file`` (PC-DARTS needs a multiple of 4 channels, P-DARTS'
+    stages grow by fewer cells)."""
+    if "pcdarts" in gin_file:
+        return "gin/smoke_pcdarts.gin"
+    return "gin/smoke_pdarts.gin" if "pdarts" in gin_file else "gin/smoke.gin"
 
 
 @pytest.mark.parametrize("gin_file", GIN_FILES)
@@ -75,6 +79,32 @@ def test_every_gin_file_builds_the_run(gin_file, data_dir, tmp_path):
     assert len(genotype.normal) == 2 * 2  # smoke.gin: 2 nodes, 2 inputs each
     channels = 4 if "pcdarts" in gin_file else 2
     assert f"run_search.channels = {channels}" in (tmp_path / "operative_config.gin").read_text()
+    if "pdarts" in gin_file and "smoke" not in gin_file:  # P-DARTS: three stages, each built
+        assert len(results["stages"]) == 3
+        assert sorted(os.listdir(tmp_path / "genotypes")) == sorted(
+            f"skip_limit_{k}.{ext}" for k in range(5) for ext in ("json", "dot")
+        )
+
+
+def test_il_pdarts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
+    """IL-PDARTS (K=2, M=2) through three stages on mock CIFAR. First order here: the exact
+    chain compiles for minutes per stage on this CPU; the exact (and finite-difference) chain
+    with skip-connect dropout is test_progressive.py's float64 check."""
+    with data_fixtures.mock_cifar(data_dir, tmp_path / "mock", num_examples=64) as mock_dir:
+        results = run_in_process(
+            ["gin/il_pdarts.gin", "gin/smoke_pdarts.gin"],
+            [f"run_search.data_dir = '{mock_dir}'", "InterleavingConfig.mode = 'first_order'"],
+            tmp_path / "run",
+        )
+    assert results["steps"] == 12  # 3 stages x 2 epochs x 2 steps
+    assert set(results["search_val_accuracy"]) == {"cifar100_0", "cifar10_1"}
+    for stage in (1, 2, 3):
+        directory = tmp_path / "run" / "stages" / f"stage_{stage}"
+        assert os.path.exists(directory / "checkpoints" / "ckpt-4.index")
+        events = summaries.read_events(os.fspath(directory / "summaries"))
+        assert "pdarts/skip_dropout_rate" in events and "search/hypergradient_norm" in events
+    genotype = genotype_lib.Genotype.from_json((tmp_path / "run" / "genotype.json").read_text())
+    assert sum(op == "skip_connect" for op, _ in genotype.normal) <= 2
 
 
 @pytest.mark.parametrize("gin_file", ["gin/il_darts.gin", "gin/il_pcdarts.gin"])

@@ -60,6 +60,15 @@ flags.DEFINE_bool(
     "PC-DARTS (Xu et al., 2020): partial channels (--partial_channels) and edge normalisation.",
 )
 flags.DEFINE_integer("partial_channels", 4, "PC-DARTS' K (with --pc_darts).")
+flags.DEFINE_integer(
+    "pdarts_ops",
+    8,
+    "P-DARTS (Chen et al., 2019) stage search space: ops per edge (8, or 5 / 3 as after its "
+    "first / second stage; the subsets are pruned from seeded random alphas).",
+)
+flags.DEFINE_float(
+    "skip_dropout", 0.0, "P-DARTS' skip-connect dropout rate (> 0: masks from noise ids)."
+)
 flags.DEFINE_enum(
     "xla",
     "none",
@@ -195,7 +204,7 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from ilnas_tf import engine, learner, pc_darts, precision, search_space
+    from ilnas_tf import engine, learner, pc_darts, pdarts, precision, search_space
 
     if not FLAGS.grappler:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
@@ -215,10 +224,19 @@ def main(argv):
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
     precision_policy = None if FLAGS.mixed_precision == "float32" else FLAGS.mixed_precision
     loss_scale = precision.DEFAULT_LOSS_SCALE if precision_policy == "mixed_float16" else None
+    edge_primitives = None
+    if FLAGS.pdarts_ops < 8:
+        rng = np.random.default_rng(0)
+        alphas = [rng.normal(size=(14, 8)) for _ in range(2)]
+        edge_primitives = pdarts.prune_edge_primitives(*alphas, None, FLAGS.pdarts_ops)
     architecture = (
-        pc_darts.EdgeNormalizedArchitecture() if FLAGS.pc_darts else search_space.Architecture()
+        pc_darts.EdgeNormalizedArchitecture(edge_primitives=edge_primitives)
+        if FLAGS.pc_darts
+        else search_space.Architecture(edge_primitives=edge_primitives)
     )
     partial_channels = FLAGS.partial_channels if FLAGS.pc_darts else 1
+    dropout = FLAGS.skip_dropout > 0
+    rate = tf.Variable(FLAGS.skip_dropout, trainable=False) if dropout else None
     learners = [
         learner.Learner(
             search_space.SearchEncoder(
@@ -227,12 +245,15 @@ def main(argv):
                 cell_impl=FLAGS.cell_impl,
                 recompute=FLAGS.recompute,
                 partial_channels=partial_channels,
+                edge_primitives=edge_primitives,
+                skip_dropout=dropout,
                 dtype=precision_policy,
             ),
             search_space.ClassifierHead(10, dtype=precision_policy),
             shape,
             name=f"learner{k}",
             loss_scale=loss_scale,
+            skip_dropout_rate=rate,
         )
         for k in range(FLAGS.learners)
     ]
@@ -240,12 +261,19 @@ def main(argv):
         architecture, learners, config, shared_stage_functions=FLAGS.shared_stage_functions
     )
 
-    def batch():
+    def batch(stream):
         images = tf.random.normal((FLAGS.batch,) + shape)
-        return images, tf.random.uniform((FLAGS.batch,), 0, 10, tf.int32)
+        labels = tf.random.uniform((FLAGS.batch,), 0, 10, tf.int32)
+        if not dropout:
+            return images, labels
+        noise = tf.stack(
+            [tf.fill([FLAGS.batch], tf.constant(stream, tf.int64)),
+             tf.zeros([FLAGS.batch], tf.int64), tf.range(FLAGS.batch, dtype=tf.int64)], axis=1,
+        )  # fmt: skip
+        return images, labels, noise
 
-    train = [batch() for _ in config.stages]
-    val = [batch() for _ in range(FLAGS.learners)]
+    train = [batch(s) for s in range(len(config.stages))]
+    val = [batch(len(config.stages) + k) for k in range(FLAGS.learners)]
     lr = tf.constant(0.025)
 
     @tf.function(jit_compile=FLAGS.xla in ("arch_step", "both"))
@@ -314,6 +342,8 @@ def main(argv):
         "recompute": FLAGS.recompute,
         "pc_darts": FLAGS.pc_darts,
         "partial_channels": partial_channels,
+        "pdarts_ops": FLAGS.pdarts_ops,
+        "skip_dropout": FLAGS.skip_dropout,
         "mixed_precision": FLAGS.mixed_precision,
         "xla": FLAGS.xla,
         "grappler": FLAGS.grappler,
