@@ -564,7 +564,9 @@ def _evaluations(data, datasets, specs, search_data, split, batch_size, data_dir
 
 def main(argv):
     del argv
-    cli.run("search", run_search, [DEMO_GIN], configurables=("ilnas_tf.engine", "ilnas_tf.progressive"))
+    cli.run(
+        "search", run_search, [DEMO_GIN], configurables=("ilnas_tf.engine", "ilnas_tf.progressive")
+    )
 
 
 def console_main():

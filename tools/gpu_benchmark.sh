@@ -31,3 +31,7 @@ run --learners=2 --rounds=2 --mode=exact --xla=both
 # PC-DARTS (issue 15): its protocol's batch 256 first order, and IL-PC-DARTS K=2, M=2 exact.
 run --learners=1 --rounds=1 --mode=first_order --batch=256 --pc_darts
 run --learners=2 --rounds=2 --mode=exact --pc_darts
+# P-DARTS (issue 16): its three stages at its batch 96, first order, with skip-connect dropout.
+run --learners=1 --rounds=1 --mode=first_order --batch=96 --layers=5 --pdarts_ops=8 --skip_dropout=0.1
+run --learners=1 --rounds=1 --mode=first_order --batch=96 --layers=11 --pdarts_ops=5 --skip_dropout=0.4
+run --learners=1 --rounds=1 --mode=first_order --batch=96 --layers=17 --pdarts_ops=3 --skip_dropout=0.7
