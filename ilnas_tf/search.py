@@ -196,11 +196,15 @@ def run_search(
             f"{shapes}: set run_search.image_size"
         )
 
+    # Train batches learner k draws per iteration (one per stage it owns).
+    stages_per_learner = [sum(1 for _, owner in config.stages if owner == k) for k in
+                          range(len(datasets))]  # fmt: skip
+
     def streams(step=0):
         """Each learner's ``data.SearchData``, positioned for a run resuming at ``step``."""
         result = []
         for k, name in enumerate(datasets):
-            stages = sum(1 for _, owner in config.stages if owner == k)
+            stages = stages_per_learner[k]
             result.append(
                 data.search_datasets(
                     name,
@@ -225,7 +229,7 @@ def run_search(
             return pairs
         result = []
         for k, (train, val) in enumerate(pairs):
-            stages = sum(1 for _, owner in config.stages if owner == k)
+            stages = stages_per_learner[k]
             result.append(
                 (
                     data.with_noise_ids(train, 2 * k, step * stages),
