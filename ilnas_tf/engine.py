@@ -289,8 +289,10 @@ class InterleavingEngine:
         """Runs ``step`` on every replica of ``strategy`` (call inside a ``tf.function``).
 
         ``train_batches``/``val_batches`` are per-replica values (e.g. from a distributed
-        dataset). Returns the metrics of the first replica (they are all-reduced already).
+        dataset). The architecture draws its next sample first (``next_sample``), so every
+        replica sees the same one. Returns the metrics of the first replica (they are all-reduced already).
         """
+        self.architecture.next_sample()  # stochastic architectures: one sample per iteration
         metrics = strategy.run(
             self.step, args=(train_batches, val_batches, learning_rate, update_architecture)
         )

@@ -131,6 +131,7 @@ ADDED_SETTINGS = {
     "run_search.partial_channels": "1",
     "run_search.edge_normalization": "False",
     "run_search.progressive": "False",
+    "run_search.gates": "False",
 }
 """Fingerprint entries added after runs were first recorded, with the value (repr) that runs
 recorded without them used: a record that lacks one of them resumes when the current value

@@ -42,6 +42,7 @@ def run_search(
     cell_impl="fused",
     partial_channels=1,
     edge_normalization=False,
+    gates=False,
     progressive=False,
     recompute="none",
     mixed_precision=None,
@@ -90,6 +91,10 @@ def run_search(
       edge_normalization: PC-DARTS' edge normalisation: a beta per edge, softmaxed over each
         node's incoming edges, weights the edge and the derivation
         (``pc_darts.EdgeNormalizedArchitecture``; False: DARTS' ``Architecture``).
+      gates: PR-DARTS (Zhou et al., 2020): stochastic hard-concrete gates per (edge, op), the
+        top 2 per edge switched on, and the group-sparsity and path regularisers in the
+        architecture objective (``pr_darts.GatedArchitecture``, ``pr_darts.GateSettings`` bound in gin).
+        Not with ``edge_normalization``, ``partial_channels`` > 1 or ``progressive``.
       progressive: P-DARTS' progressive search (Chen et al., 2019): stages of deeper
         supernets over fewer candidate ops, skip-connect dropout and a skip-connect limit at
         the end, as ``progressive.ProgressiveSchedule`` (bound in gin) sets them; ``layers``,
@@ -143,6 +148,7 @@ def run_search(
         learner,
         pc_darts,
         pdarts,
+        pr_darts,
         precision,
         progressive,
         run_dir,
@@ -175,6 +181,9 @@ def run_search(
                 for f in dataclasses.fields(schedule)
             }
         )
+    gate_settings = pr_darts.GateSettings() if settings["gates"] else None
+    if gate_settings is not None:
+        extra.update({f"GateSettings.{k}": v for k, v in dataclasses.asdict(gate_settings).items()})
     skip_dropout = schedule is not None and schedule.uses_skip_dropout
     identity = run_dir.fingerprint("run_search", settings, extra)
     state, record = run_dir.check_run(
@@ -259,14 +268,20 @@ def run_search(
             keras.utils.set_random_seed(seed + STAGE_SEED_STRIDE * stage.index)
         rate = None
         with strategy_object.scope():
-            architecture_class = (
-                pc_darts.EdgeNormalizedArchitecture
-                if edge_normalization
-                else search_space.Architecture
-            )
-            architecture = architecture_class(
-                steps=nodes, edge_primitives=stage.edge_primitives, name="architecture"
-            )
+            if gates:
+                architecture = pr_darts.GatedArchitecture(
+                    steps=nodes, seed=seed, name="architecture",
+                    **dataclasses.asdict(gate_settings),
+                )  # fmt: skip
+            else:
+                architecture_class = (
+                    pc_darts.EdgeNormalizedArchitecture
+                    if edge_normalization
+                    else search_space.Architecture
+                )
+                architecture = architecture_class(
+                    steps=nodes, edge_primitives=stage.edge_primitives, name="architecture"
+                )
             if skip_dropout:
                 rate = tf.Variable(
                     0.0,
@@ -437,7 +452,16 @@ def check_settings(settings):
         name("partial_channels"), s["partial_channels"], s["channels"]
     )
     v.check_bool(name("edge_normalization"), s["edge_normalization"])
+    v.check_bool(name("gates"), s["gates"])
     v.check_bool(name("progressive"), s["progressive"])
+    if s["gates"]:
+        for key, plain in (
+            ("edge_normalization", False),
+            ("partial_channels", 1),
+            ("progressive", False),
+        ):
+            if s[key] != plain:
+                v.fail(name(key), s[key], f"{plain!r} with PR-DARTS' gates (run_search.gates=True)")
     v.check_choice(name("recompute"), s["recompute"], RECOMPUTE)
     precision.check_precision(name("mixed_precision"), s["mixed_precision"])
     s["loss_scale"] = precision.check_loss_scale(name("loss_scale"), s["loss_scale"])
@@ -491,6 +515,7 @@ def _describe(settings, config, schedule, stage, strategy, loss_scale, per_epoch
         f"supernet C={stage.channels}, {stage.layers} cells, {s['nodes']} nodes"
         + (f", partial channels 1/{s['partial_channels']}" if s["partial_channels"] > 1 else "")
         + (", edge normalisation" if s["edge_normalization"] else "")
+        + (", PR-DARTS gates" if s["gates"] else "")
         + ("" if schedule is None else f", P-DARTS stage {stage.index + 1}/{schedule.num_stages}")
         + f"; K={len(datasets)} learners "
         f"({', '.join(datasets)}), M={config.rounds} rounds, mode={config.mode}, "
@@ -569,7 +594,10 @@ def _evaluations(data, datasets, specs, search_data, split, batch_size, data_dir
 def main(argv):
     del argv
     cli.run(
-        "search", run_search, [DEMO_GIN], configurables=("ilnas_tf.engine", "ilnas_tf.progressive")
+        "search",
+        run_search,
+        [DEMO_GIN],
+        configurables=("ilnas_tf.engine", "ilnas_tf.progressive", "ilnas_tf.pr_darts"),
     )
 
 

@@ -161,6 +161,7 @@ class SearchTask(run_loop.Task):
         self._learning_rate = run_loop.cosine_learning_rate(
             epoch, self.epochs, self.learning_rate, self.learning_rate_min
         )
+        self.engine.architecture.start_epoch(epoch, self.epochs)
         if self.skip_dropout is not None:
             variable, schedule = self.skip_dropout
             self._skip_dropout_rate = float(schedule(epoch))
@@ -201,6 +202,8 @@ class SearchTask(run_loop.Task):
             tf.summary.scalar("pdarts/skip_dropout_rate", self._skip_dropout_rate)
         if self.stage is not None:
             tf.summary.scalar("pdarts/stage", self.stage[0])
+        for tag, value in self.engine.architecture.summary_scalars().items():
+            tf.summary.scalar(tag, value)
         # The chain (this step's): each stage's part of dL/dA, the cotangent reaching its
         # output and the link's gain, and their product (README, "The chain's defaults").
         for stage in range(len(config.stages)):
@@ -271,7 +274,7 @@ class SearchTask(run_loop.Task):
 
             @tf.function
             def correct(images, labels, item=item, state=state):
-                mixing = architecture.mixing(architecture.parameters)
+                mixing = architecture.evaluation_mixing(architecture.parameters)
                 logits = item.logits(state.encoder_weights, state.head_weights, mixing, images)
                 return run_loop.count_correct(logits, labels)
 

@@ -99,7 +99,7 @@ class Architecture(keras.layers.Layer):
     the two strongest edges per node, each with its strongest op other than ``none``.
 
     Extension points (a subclass overrides them together; the engine and the search loop only
-    use these four):
+    use these):
 
     * ``parameters``: every variable of A. The engine differentiates the architecture
       objective with respect to these, and the architecture optimiser updates them.
@@ -113,6 +113,11 @@ class Architecture(keras.layers.Layer):
     * ``genotype()``: the discrete architecture. PC-DARTS ranks edges by alpha x beta
       (``genotype.derive_genotype``'s ``edge_weight_*`` arguments), the weights that
       ``edge_weights()`` returns (``None`` here) and summaries show.
+
+    * ``next_sample()``, ``start_epoch(epoch, epochs)``, ``summary_scalars()``,
+      ``evaluation_mixing(parameters)``: for stochastic architectures (PR-DARTS' gates): a new
+      noise sample before every iteration (``engine.distributed_step``), per-epoch schedules,
+      TensorBoard scalars, and the noise-free mixing of evaluations (no-ops / ``mixing`` here).
 
     ``alphas`` stays ``[alpha_normal, alpha_reduce]`` (summaries and genotypes read it).
 
@@ -180,6 +185,21 @@ class Architecture(keras.layers.Layer):
         """Extra terms of the architecture objective (a scalar tensor), or ``None`` (DARTS)."""
         del parameters
         return None
+
+    def evaluation_mixing(self, parameters):
+        """The mixing weights of evaluations (search-val accuracy): ``mixing`` here."""
+        return self.mixing(parameters)
+
+    def next_sample(self):
+        """Draws the noise of the next iteration (DARTS: none)."""
+
+    def start_epoch(self, epoch, epochs):
+        """Per-epoch schedules at ``epoch`` of ``epochs`` (DARTS: none)."""
+        del epoch, epochs
+
+    def summary_scalars(self) -> dict:
+        """``{tag: float}`` written with the search's summaries (DARTS: none)."""
+        return {}
 
     def edge_weights(self):
         """Per-edge weights ``(normal, reduce)`` (NumPy) the derivation multiplies the op

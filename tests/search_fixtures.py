@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import gin
-from ilnas_tf import engine, progressive, search, synthetic_data  # noqa: F401  (gin configurables)
+from ilnas_tf import engine, pr_darts, progressive, search, synthetic_data  # noqa: F401 (gin)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = ["--gin_file=gin/demo.gin", "--gin_file=gin/smoke.gin"]

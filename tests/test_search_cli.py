@@ -57,6 +57,7 @@ def demo_run(data_dir, tmp_path_factory):
 def test_shipped_gin_files():
     expected = {"base_search", "darts_1st", "darts_2nd", "il_darts", "mtl_darts", "demo", "smoke"}
     expected |= {"pdarts", "pdarts_cifar100", "mtl_pdarts", "il_pdarts", "smoke_pdarts"}
+    expected |= {"prdarts", "mtl_prdarts", "il_prdarts"}
     assert {f"gin/{name}.gin" for name in expected} <= set(GIN_FILES)
 
 
@@ -107,7 +108,9 @@ def test_il_pdarts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
     assert sum(op == "skip_connect" for op, _ in genotype.normal) <= 2
 
 
-@pytest.mark.parametrize("gin_file", ["gin/il_darts.gin", "gin/il_pcdarts.gin"])
+@pytest.mark.parametrize(
+    "gin_file", ["gin/il_darts.gin", "gin/il_pcdarts.gin", "gin/il_prdarts.gin"]
+)
 def test_il_search_runs_on_cifar_served_by_tfds_mock_data(gin_file, data_dir, tmp_path):
     with data_fixtures.mock_cifar(data_dir, tmp_path / "mock", num_examples=64) as mock_dir:
         results = run_in_process(
@@ -129,6 +132,11 @@ def test_il_search_runs_on_cifar_served_by_tfds_mock_data(gin_file, data_dir, tm
     assert ("betas/normal_heatmap" in events) == betas
     variables = [name for name, _ in tf.train.list_variables(str(tmp_path / "run" / "checkpoints"))]
     assert any("beta_normal" in name for name in variables) == betas
+    gates = "prdarts" in gin_file  # PR-DARTS: one gate sample per iteration, tau, regularisers
+    assert ("prdarts/L_path" in events and "prdarts/tau" in events) == gates
+    if gates:
+        reader = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints"))
+        assert reader.get_tensor("architecture/draws/.ATTRIBUTES/VARIABLE_VALUE") == 4
 
 
 def test_demo_command_prints_progress_and_writes_the_outputs(demo_run):
