@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from engine_fixtures import make_batches, make_engine, randomise_momentum
 
-from ilnas_tf import engine, genotype, hypergradient, pr_darts
+from ilnas_tf import data, engine, genotype, hypergradient, pr_darts
 
 A, B = -0.1, 1.1
 FD_STEP = 1e-6
@@ -118,6 +118,20 @@ def test_next_sample_counts_draws_and_tau_anneals_linearly():
     for epoch, expected in ((0, 1.0), (5, 0.55), (10, 0.1)):
         arch.start_epoch(epoch, 11)
         assert float(arch.tau.numpy()) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_restored_checkpoint_continues_the_gate_samples(tmp_path):
+    arch = gated(seed=5)
+    for _ in range(3):
+        arch.next_sample()
+    path = tf.train.Checkpoint(architecture=arch).save(str(tmp_path / "ckpt"))
+    arch.next_sample()
+    uninterrupted = arch.noise.numpy().copy()
+    resumed = gated(seed=5)
+    tf.train.Checkpoint(architecture=resumed).restore(path).assert_consumed()
+    assert int(resumed.draws.numpy()) == 3
+    resumed.next_sample()
+    np.testing.assert_array_equal(resumed.noise.numpy(), uninterrupted)
 
 
 def test_evaluation_mixing_is_the_top_k_of_the_deterministic_gates():
@@ -312,30 +326,58 @@ def test_il_chain_hypergradient_through_the_gates_matches_finite_differences(sma
     assert abs(analytic - numeric) <= 1e-5 * abs(numeric), (analytic, numeric)
 
 
-def _skip_probabilities_after_steps(regularization, steps=20):
-    """Mean skip-connect activation probability per cell before/after first-order steps."""
+def test_finite_difference_mode_sees_one_sample_and_equals_exact_for_a_tiny_stencil(
+    small_images,
+):
+    # Both sides of the difference read the same gate sample: with eps -> 0 the mode is the
+    # exact hypergradient (a sample drawn per evaluation would change the mask between them).
+    grads = {}
+    for mode in ("exact", "finite_difference"):
+        config = engine.InterleavingConfig(num_learners=1, rounds=1, mode=mode, fd_scale=1e-8)
+        eng = make_engine(
+            config, classes=(3,), channels=4, nodes=2,
+            architecture_class=pr_darts.GatedArchitecture, cell_impl="per_edge",
+        )  # fmt: skip
+        eng.architecture.resample(4)
+        randomise_momentum(eng)
+        train, val = make_batches(eng, batch=4)
+        grads[mode] = np.concatenate(
+            [g.numpy().ravel() for g in eng.arch_gradient(train, val, 0.005)[0]]
+        )
+    exact, approx = grads["exact"], grads["finite_difference"]
+    cosine = exact @ approx / (np.linalg.norm(exact) * np.linalg.norm(approx))
+    assert cosine > 1 - 1e-9, cosine
+
+
+def _skip_probabilities_after_steps(regularization, data_dir, steps=20):
+    """Mean skip-connect activation probability per cell before/after first-order steps on
+    the embedded data (``ilnas_synthetic/fine`` at 8x8, batches of 8)."""
     config = engine.InterleavingConfig(num_learners=1, mode="first_order", arch_learning_rate=0.1)
     eng = make_engine(
-        config, channels=2, nodes=2, architecture_class=pr_darts.GatedArchitecture,
-        cell_impl="per_edge",
+        config, classes=(10,), channels=2, nodes=2,
+        architecture_class=pr_darts.GatedArchitecture, cell_impl="per_edge",
     )  # fmt: skip
     arch = eng.architecture
     arch.regularization = regularization
     skip = genotype.PRIMITIVES.index("skip_connect")
     before = np.array([p.numpy()[:, skip].mean() for p in arch.probabilities(arch.alphas)])
-    train, val = make_batches(eng)
+    streams = data.search_datasets("ilnas_synthetic/fine", 8, data_dir=data_dir, image_size=8)
+    batches = zip(iter(streams.train), iter(streams.val))
     for step in range(steps):
+        (train_x, train_y), (val_x, val_y) = next(batches)
+        train = [(tf.cast(train_x, tf.float64), train_y)]
+        val = [(tf.cast(val_x, tf.float64), val_y)]
         arch.resample(step)
         grads, _, _ = eng.arch_gradient(train, val, 0.01)
         eng.apply_arch_gradient(grads)
     return before, np.array([p.numpy()[:, skip].mean() for p in arch.probabilities(arch.alphas)])
 
 
-def test_a_large_skip_penalty_lowers_the_skip_probabilities(small_images):
+def test_a_large_skip_penalty_lowers_the_skip_probabilities(small_images, data_dir):
     # Only the skip gates a sample switches on are penalised (the reference's mask), about a
     # quarter per step at top-2 of 8 ops; 20 steps with lambda_1 = 10 against none at all.
-    before, penalised = _skip_probabilities_after_steps((10.0, 0.0, 0.0))
-    _, free = _skip_probabilities_after_steps((0.0, 0.0, 0.0))
+    before, penalised = _skip_probabilities_after_steps((10.0, 0.0, 0.0), data_dir)
+    _, free = _skip_probabilities_after_steps((0.0, 0.0, 0.0), data_dir)
     assert np.all(penalised < before - 0.02), (before, penalised)
     assert np.all(penalised < free - 0.02), (free, penalised)
 

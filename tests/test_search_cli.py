@@ -112,12 +112,11 @@ def test_il_pdarts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
     "gin_file", ["gin/il_darts.gin", "gin/il_pcdarts.gin", "gin/il_prdarts.gin"]
 )
 def test_il_search_runs_on_cifar_served_by_tfds_mock_data(gin_file, data_dir, tmp_path):
+    # PR-DARTS first order: the exact chain through its gates is test_pr_darts.py's check.
+    extra = ["InterleavingConfig.mode = 'first_order'"] if "prdarts" in gin_file else []
     with data_fixtures.mock_cifar(data_dir, tmp_path / "mock", num_examples=64) as mock_dir:
-        results = run_in_process(
-            [gin_file, _smoke(gin_file)],
-            [f"run_search.data_dir = '{mock_dir}'"],
-            tmp_path / "run",
-        )
+        bindings = [f"run_search.data_dir = '{mock_dir}'", *extra]
+        results = run_in_process([gin_file, _smoke(gin_file)], bindings, tmp_path / "run")
     assert results["steps"] == 4  # smoke.gin: 2 epochs x 2 steps
     assert set(results["search_val_accuracy"]) == {"cifar100_0", "cifar10_1"}
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "ckpt-4.index")
