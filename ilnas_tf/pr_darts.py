@@ -12,12 +12,12 @@ DARTS' softmax over the ops of an edge by one independent stochastic gate per (e
   ``alpha`` to the logistic noise directly, as here.
 * *Hard top-k mixing* (``top_k_mask``): on every edge the ``k`` (2) ops of largest gate value are
   switched on; the mixing weight is the mask in the forward pass and, for the switched-on ops,
-  the gate's derivative in the backward pass (straight-through: ``mask * (g -
-  stop_gradient(g)) + mask``; the reference computes only the switched-on ops, so the others get no
-  gradient). Ties (gates clipped to exactly
-  0 or 1) are broken by a random key, as the reference's random column permutation; with gate
-  dropout (reference ``dropout_pro = 0.4``) every gate is dropped with that probability before the
-  top-k, so a dropped op is chosen only where fewer than ``k`` survive.
+  the gate's derivative in the backward pass (straight-through: ``mask * (g - stop_gradient(g))
+  + mask``; the reference computes only the switched-on ops, so the others get no gradient).
+  Ties (gates clipped to exactly 0 or 1) are broken by a random column order, as the
+  reference's random permutation; with gate dropout (reference ``dropout_pro = 0.4``) every
+  gate is dropped with that probability before the top-k, so a dropped op is chosen only where
+  fewer than ``k`` survive.
 * *Activation probability* ``P(g != 0) = sigmoid(alpha - tau * log(-a / b))``
   (``activation_probability``), and the deterministic gate of the reference's ``show_alphas``,
   ``clip(a + (b - a) * sigmoid((alpha + 0.5) / tau), 0, 1)`` (``deterministic_gates``): the
