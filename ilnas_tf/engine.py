@@ -292,7 +292,9 @@ class InterleavingEngine:
         dataset). The architecture draws its next sample first (``next_sample``), so every
         replica sees the same one. Returns the metrics of the first replica (they are all-reduced already).
         """
-        self.architecture.next_sample()  # stochastic architectures: one sample per iteration
+        # Stochastic architectures: one sample per iteration (plain TF ops, nothing for
+        # autograph to convert; converting the DARTS no-op leaves a temp file behind).
+        tf.autograph.experimental.do_not_convert(self.architecture.next_sample)()
         metrics = strategy.run(
             self.step, args=(train_batches, val_batches, learning_rate, update_architecture)
         )
