@@ -295,10 +295,14 @@ class GatedArchitecture(Architecture):
                     values[f"prdarts/{cell}_{group}_probability"] = mean
         return values
 
+    def _tau(self, dtype):
+        """The current temperature as a tensor of ``dtype``."""
+        return tf.cast(tf.convert_to_tensor(self.tau), dtype)
+
     def _sample(self, logits, cell):
         """(straight-through mixing weights, mask) of ``cell`` at the current noise."""
         noise = tf.cast(tf.convert_to_tensor(self.noise)[cell], logits.dtype)
-        tau = tf.cast(tf.convert_to_tensor(self.tau), logits.dtype)
+        tau = self._tau(logits.dtype)
         gates = hard_concrete_gates(logits, noise[0], tau, self.limit_a, self.limit_b)
         drop = noise[2] < tf.cast(tf.convert_to_tensor(self.gate_dropout), logits.dtype)
         mask = top_k_mask(gates, self.top_k, noise[1], drop)
@@ -312,7 +316,7 @@ class GatedArchitecture(Architecture):
         """Noise-free: each edge's top-k ops by the deterministic gate (ties: lower column)."""
         weights = []
         for logits in parameters[:2]:
-            tau = tf.cast(tf.convert_to_tensor(self.tau), logits.dtype)
+            tau = self._tau(logits.dtype)
             gates = deterministic_gates(logits, tau, self.limit_a, self.limit_b)
             weights.append(top_k_mask(gates, self.top_k, tf.zeros_like(gates)))
         return tuple(weights)
@@ -320,12 +324,9 @@ class GatedArchitecture(Architecture):
     def probabilities(self, parameters):
         """``(normal, reduce)`` activation probabilities at the current ``tau``."""
         return tuple(
-            activation_probability(
-                logits, tf.cast(tf.convert_to_tensor(self.tau), logits.dtype),
-                self.limit_a, self.limit_b,
-            )
+            activation_probability(logits, self._tau(logits.dtype), self.limit_a, self.limit_b)
             for logits in parameters[:2]
-        )  # fmt: skip
+        )
 
     def regularizer_terms(self, parameters):
         """``regularizers`` at the current sample (the mask of ``mixing``)."""

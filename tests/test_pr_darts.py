@@ -24,6 +24,14 @@ def gated(steps=2, **kwargs):
     return pr_darts.GatedArchitecture(steps=steps, init_scale=0.5, dtype="float64", **kwargs)
 
 
+def gated_engine(config, channels, **kwargs):
+    """``make_engine`` with the gated architecture on 2-node per-edge cells."""
+    return make_engine(
+        config, channels=channels, nodes=2, architecture_class=pr_darts.GatedArchitecture,
+        cell_impl="per_edge", **kwargs,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ the gates
 def test_gate_samples_hit_zero_and_one_at_the_predicted_rates():
     # For g = clip(a + (b - a) sigmoid((alpha + L) / tau), 0, 1) with L logistic,
@@ -303,10 +311,7 @@ def test_il_chain_hypergradient_through_the_gates_matches_finite_differences(sma
     # Stage-wise exact (the default); the nested-tapes method reads the same mixing function
     # (measured equal to the same 1e-5 once, 2026-12-03; left out of the suite for time).
     config = engine.InterleavingConfig(num_learners=2, rounds=2, proximal_strength=0.7)
-    eng = make_engine(
-        config, channels=4, nodes=2, architecture_class=pr_darts.GatedArchitecture,
-        cell_impl="per_edge",
-    )  # fmt: skip
+    eng = gated_engine(config, 4)
     eng.architecture.resample(11)
     randomise_momentum(eng)
     train, val = make_batches(eng, batch=4, seed=2)
@@ -334,10 +339,7 @@ def test_finite_difference_mode_sees_one_sample_and_equals_exact_for_a_tiny_sten
     grads = {}
     for mode in ("exact", "finite_difference"):
         config = engine.InterleavingConfig(num_learners=1, rounds=1, mode=mode, fd_scale=1e-8)
-        eng = make_engine(
-            config, classes=(3,), channels=4, nodes=2,
-            architecture_class=pr_darts.GatedArchitecture, cell_impl="per_edge",
-        )  # fmt: skip
+        eng = gated_engine(config, 4, classes=(3,))
         eng.architecture.resample(4)
         randomise_momentum(eng)
         train, val = make_batches(eng, batch=4)
@@ -353,10 +355,7 @@ def _skip_probabilities_after_steps(regularization, data_dir, steps=20):
     """Mean skip-connect activation probability per cell before/after first-order steps on
     the embedded data (``ilnas_synthetic/fine`` at 8x8, batches of 8)."""
     config = engine.InterleavingConfig(num_learners=1, mode="first_order", arch_learning_rate=0.1)
-    eng = make_engine(
-        config, classes=(10,), channels=2, nodes=2,
-        architecture_class=pr_darts.GatedArchitecture, cell_impl="per_edge",
-    )  # fmt: skip
+    eng = gated_engine(config, 2, classes=(10,))
     arch = eng.architecture
     arch.regularization = regularization
     skip = genotype.PRIMITIVES.index("skip_connect")
