@@ -55,6 +55,18 @@ def num_cell_edges(steps=4):
     return sum(i + 2 for i in range(steps))
 
 
+def edge_label(node, source):
+    """``n<node>←<input>``: the edge of intermediate node ``node`` from input ``source`` (0 is
+    ``c_{k-2}``, 1 is ``c_{k-1}``, ``j >= 2`` is node ``n<j-2>``)."""
+    name = ("c_{k-2}", "c_{k-1}")[source] if source < 2 else f"n{source - 2}"
+    return f"n{node}←{name}"
+
+
+def edge_labels(steps=4):
+    """Every edge's ``edge_label`` in cell order (node by node, its inputs in order)."""
+    return [edge_label(node, source) for node in range(steps) for source in range(2 + node)]
+
+
 def reduction_layers(layers: int) -> tuple[int, int]:
     """Indices of the two reduction cells of a ``layers``-cell network: ``layers // 3`` and
     ``2 * layers // 3``."""

@@ -20,6 +20,14 @@ and a non-finite one stops the run naming the previous (good) checkpoint. Restor
 to the newest readable checkpoint when newer ones are unreadable (truncated, corrupted), says
 so, and moves the unreadable files to ``checkpoints/unreadable/``.
 
+TensorBoard event files go to ``root_dir/summaries/<run name>/`` (``summary_dir``), so that
+``tensorboard --logdir root_dir/summaries`` (or a folder above several runs) shows a run named
+after the experiment rather than ``.`` (``run_name``): the basename of the absolute
+``root_dir`` (``/runs/demo`` -> ``demo``), as ``<parent>_<basename>`` when the basename is a
+generic word (``GENERIC_RUN_NAMES``: ``/runs/cifar10/search`` -> ``cifar10_search``) or a
+P-DARTS stage directory, whose parent ``stages`` is skipped for the experiment above it
+(``exp/stages/stage_2`` -> ``exp_stage_2``).
+
 SIGTERM and SIGINT (``preemption``) stop the loop at the next step boundary: it saves a
 checkpoint there and raises ``preemption.Interrupted`` ("interrupted at step N; rerun the
 same command to resume").
@@ -31,6 +39,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -158,12 +167,42 @@ class Task:
         raise NotImplementedError
 
 
+GENERIC_RUN_NAMES = frozenset(
+    ("search", "train", "training", "run", "runs", "out", "output", "outputs", "results",
+     "result", "root", "root_dir", "tmp", "experiment", "exp", "logs")
+)  # fmt: skip
+"""Basenames of a ``root_dir`` that do not name an experiment (``run_name`` adds the parent)."""
+
+
+def run_name(root_dir):
+    """The TensorBoard run name of ``root_dir`` (module docstring): ``demo`` for
+    ``/runs/demo``, ``cifar10_search`` for ``/runs/cifar10/search``, ``exp_stage_2`` for
+    ``exp/stages/stage_2``."""
+    parts = [part for part in os.path.abspath(root_dir).split(os.sep) if part]
+    if not parts:
+        return "root"
+    name = parts[-1]
+    stage = re.fullmatch(r"stage_\d+", name) is not None
+    if len(parts) > 1 and (stage or name.lower() in GENERIC_RUN_NAMES):
+        parent = parts[-2]
+        if stage and parent == "stages" and len(parts) > 2:
+            parent = parts[-3]
+        name = f"{parent}_{name}"
+    return name
+
+
+def summary_dir(root_dir):
+    """Where the event files of ``root_dir``'s run go: ``root_dir/summaries/<run_name>``."""
+    return os.path.join(root_dir, "summaries", run_name(root_dir))
+
+
 class RunLoop:
     """Runs ``task`` over a schedule of phases; owns strategy, checkpoints and summaries.
 
     Args:
       task: a ``Task`` whose objects were built in ``strategy.scope()``.
-      root_dir: output directory (``checkpoints/``, ``summaries/``, ``results.json``).
+      root_dir: output directory (``checkpoints/``, ``summaries/<run name>/`` (``summary_dir``),
+        ``results.json``).
       strategy: the ``tf.distribute.Strategy`` of the task.
       phases: the schedule (``Phase`` list); its epochs add up to the run's epochs.
       steps_per_epoch: iterations per epoch.
@@ -217,7 +256,7 @@ class RunLoop:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.save_dir, max_to_keep)
         self._finite = _finiteness_check(task.checkpoint_objects())
         if self.chief:
-            self.writer = tf.summary.create_file_writer(os.path.join(root_dir, "summaries"))
+            self.writer = tf.summary.create_file_writer(summary_dir(root_dir))
         else:
             self.writer = tf.summary.create_noop_writer()
         self._iterators = []
@@ -442,6 +481,7 @@ class RunLoop:
             "resumed_from_step": start_step,
             "seconds": time.time() - started,
             "first_step_seconds": first_step_seconds,
+            "devices": int(self.strategy.num_replicas_in_sync),
             **task_results,
         }
         if self.chief:

@@ -415,6 +415,7 @@ def run_search(
         print(
             f"outputs in {root_dir}: genotype.json / genotype.dot, genotypes/ (per epoch), "
             f"checkpoints/, results.json; TensorBoard: tensorboard --logdir {root_dir}/summaries"
+            f" (run {run_loop.run_name(root_dir)})"
         )
     else:
         print(

@@ -4,9 +4,15 @@
 ``engine.InterleavingEngine``'s. Layout of ``root_dir`` (written by the chief only):
 
     checkpoints/                 tf.train.CheckpointManager: ckpt-N.* and ``checkpoint``
-    summaries/                   TensorBoard event files
+    summaries/<run name>/        TensorBoard event files (``run_loop.summary_dir``: the run is
+                                 named after root_dir, e.g. ``demo`` or ``cifar10_search``)
     genotypes/epoch_NNNN.json    genotype after each epoch (JSON) ...
     genotypes/epoch_NNNN.dot     ... and as Graphviz dot text (normal and reduce cell)
+    genotypes/epoch_NNNN_alphas.json  ... and the alphas it came from (trajectory plots):
+                                 ``{"epoch": n, "step", "alphas": [normal, reduce],
+                                 "edge_primitives", "edge_weights": null or [normal, reduce]}``
+                                 (``epoch`` 1-based as NNNN; alphas and edge_primitives as in
+                                 results.json; edge_weights: PC-DARTS' beta_hat per edge)
     genotype.json, genotype.dot  the final genotype
     results.json                 final metrics (per-learner search-val accuracy, steps, times;
                                  ``holdout_accuracy`` too with the ablation split)
@@ -26,6 +32,7 @@ encoder (the layers hold their initial weights until then; only the flat buffers
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -216,14 +223,23 @@ class SearchTask(run_loop.Task):
         tf.summary.scalar("search/chain_amplification", float(outputs["chain_amplification"]))
 
     def end_epoch(self, step, epoch, means, last):
-        genotype = self._write_genotype(
-            os.path.join(self.root_dir, "genotypes", f"epoch_{epoch + 1:04d}")
-        )
+        stem = os.path.join(self.root_dir, "genotypes", f"epoch_{epoch + 1:04d}")
+        genotype = self._write_genotype(stem)
         architecture = self.engine.architecture
         alpha_normal, alpha_reduce = (a.numpy() for a in architecture.alphas)
-        summaries.write_alpha_summaries(
-            step, alpha_normal, alpha_reduce, architecture.edge_weights()
-        )
+        edge_weights = architecture.edge_weights()
+        if self.chief:  # other workers' writers are no-ops: they draw no images
+            self._write_alphas(f"{stem}_alphas.json", step, epoch, edge_weights)
+            summaries.write_alpha_summaries(
+                step,
+                alpha_normal,
+                alpha_reduce,
+                edge_weights,
+                genotype=genotype,
+                primitives=architecture.primitives,
+                edge_primitives=architecture.edge_primitives,
+                epoch=epoch + 1,
+            )
         tf.summary.text("search/genotype", genotype.to_string())
         if self.stage is not None and epoch == 0:
             tf.summary.text("pdarts/ops_per_edge", self.stage[1])
@@ -285,6 +301,20 @@ class SearchTask(run_loop.Task):
             accuracies.append(hits / max(count, 1))
         print(f"... done in {time.time() - began:.1f} s", flush=True)
         return accuracies
+
+    def _write_alphas(self, path, step, epoch, edge_weights):
+        """The epoch's alphas (the layout's ``genotypes/epoch_NNNN_alphas.json``)."""
+        architecture = self.engine.architecture
+        record = {
+            "epoch": epoch + 1,
+            "step": int(step),
+            "alphas": [a.numpy().astype(float).tolist() for a in architecture.alphas],
+            "edge_primitives": architecture.edge_primitives,
+            "edge_weights": None
+            if edge_weights is None
+            else [np.asarray(w, np.float64).tolist() for w in edge_weights],
+        }
+        run_dir.write_atomically(path, json.dumps(record))
 
     def _write_genotype(self, stem):
         genotype = self.engine.architecture.genotype()

@@ -257,7 +257,9 @@ def run_train(
     )
     if "export" in results:
         print(f"exported: {results['export']['saved_model']} and {results['export']['keras']}")
-    print(f"TensorBoard: tensorboard --logdir {root_dir}/summaries")
+    print(
+        f"TensorBoard: tensorboard --logdir {root_dir}/summaries (run {run_loop.run_name(root_dir)})"
+    )
     logging.info("results: %s", results)
     return results
 

@@ -11,7 +11,8 @@ Layout of ``root_dir`` (written by the chief only):
 
     model.json            the network (Keras config), dataset and preprocessing (``export``)
     checkpoints/          tf.train.CheckpointManager: step, model and optimizer variables
-    summaries/            TensorBoard: train loss/accuracy, lr, drop-path rate, test metrics
+    summaries/<run>/      TensorBoard: train loss/accuracy, lr, drop-path rate, test metrics
+                          (``run_loop.summary_dir``: the run is named after root_dir)
     results.json          final metrics (test accuracy, best test accuracy, parameters, times)
     export/               SavedModel + .keras (``export.export_run``)
     operative_config.gin  the gin configuration the run used

@@ -111,7 +111,7 @@ def _latest_checkpoint_number(root_dir):
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
-def _wait_for_checkpoint(process, root_dir, number, timeout):
+def wait_for_checkpoint(process, root_dir, number, timeout):
     """Until the ``checkpoint`` state file names checkpoint ``number`` or a later one (the
     files of ``ckpt-N`` appear before the state file names them)."""
     deadline = time.time() + timeout
@@ -131,7 +131,7 @@ def kill_after_checkpoint(cmd, root_dir, number, timeout=480):
         cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        reached = _wait_for_checkpoint(process, root_dir, number, timeout)
+        reached = wait_for_checkpoint(process, root_dir, number, timeout)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

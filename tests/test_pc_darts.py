@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from engine_fixtures import make_batches, make_engine, randomise_momentum, unrolled_objective
+from matplotlib import colormaps
 
 from ilnas_tf import engine, genotype, pc_darts, search_space, summaries
 
@@ -180,9 +181,25 @@ def test_beta_summaries(tmp_path):
         summaries.write_alpha_summaries(3, *alphas, edge_weights=betas)
     writer.flush()
     events = summaries.read_events(str(tmp_path))
+    inputs = np.array([2, 2, 3, 3, 3])  # nodes 2 and 3
     for cell, weights in zip(("normal", "reduce"), betas):
-        assert events[f"betas/{cell}_heatmap"][0][1].shape[:2] == (5 * 12, 12)
-        assert events[f"alphas/{cell}_edge_weighted_heatmap"][0][0] == 3
+        # One labelled column: each edge's fill colour (sampled above its printed value) is
+        # further up the diverging map the more its weight exceeds uniform (1 / inputs).
+        image = events[f"betas/{cell}_heatmap"][0][1]
+        reference, cells = summaries.heatmap_image(
+            weights[:, None], op_names=["edge weight"], with_cells=True
+        )
+        assert image.shape == reference.shape and cells.shape[:2] == (5, 1)
+        fills = [
+            image[int(top + 0.25 * (bottom - top)), int((left + right) / 2)].astype(int)
+            for top, left, bottom, right in cells[:, 0]
+        ]
+        lut = colormaps["RdBu_r"](np.linspace(0, 1, 256))[:, :3] * 255
+        position = [np.argmin(np.abs(lut - fill).sum(axis=1)) for fill in fills]
+        order = np.argsort(weights - 1 / inputs)
+        assert np.all(np.diff(np.take(position, order)) > 0), (position, weights)
+        step, weighted = events[f"alphas/{cell}_edge_weighted_heatmap"][0]
+        assert step == 3 and weighted.shape == summaries.heatmap_image(alphas[0]).shape
         entropy = np.mean(
             [-np.sum(p * np.log(p)) for p in (weights[0:2], weights[2:5])]
         )  # nodes 2 and 3

@@ -123,8 +123,10 @@ def test_il_search_runs_on_cifar_served_by_tfds_mock_data(gin_file, data_dir, tm
     assert sorted(os.listdir(tmp_path / "run" / "genotypes")) == [
         "epoch_0001.dot",
         "epoch_0001.json",
+        "epoch_0001_alphas.json",
         "epoch_0002.dot",
         "epoch_0002.json",
+        "epoch_0002_alphas.json",
     ]
     events = summaries.read_events(os.fspath(tmp_path / "run" / "summaries"))
     betas = "pcdarts" in gin_file  # PC-DARTS' edge betas: checkpointed and summarised
@@ -145,7 +147,7 @@ def test_demo_command_prints_progress_and_writes_the_outputs(demo_run):
     assert "K=2 learners (ilnas_synthetic/fine, ilnas_synthetic/coarse), M=2 rounds" in out
     assert "epoch 1/2 step 3/6 | ilnas_synthetic_fine_0: train loss" in out and "ETA" in out
     assert "epoch 2/2 step 6/6" in out
-    assert f"TensorBoard: tensorboard --logdir {root_dir}/summaries" in out
+    assert f"TensorBoard: tensorboard --logdir {root_dir}/summaries (run {root_dir.name})" in out
     results = json.loads((root_dir / "results.json").read_text())
     assert results["steps"] == 6 and results["resumed_from_step"] == 0
     final = (root_dir / "genotype.json").read_text()
@@ -162,6 +164,9 @@ def test_demo_command_prints_progress_and_writes_the_outputs(demo_run):
 
 def test_tensorboard_event_files_hold_curves_heatmaps_and_genotype(demo_run):
     root_dir, _ = demo_run
+    # One TensorBoard run, named after the run directory (mktemp("demo"): demo0, demo1, ...).
+    assert os.listdir(root_dir / "summaries") == [root_dir.name]
+    assert glob.glob(os.fspath(root_dir / "summaries" / root_dir.name / "events.out.tfevents.*"))
     events = summaries.read_events(os.fspath(root_dir / "summaries"))
     for name in ("ilnas_synthetic_fine_0", "ilnas_synthetic_coarse_1"):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
@@ -180,17 +185,44 @@ def test_tensorboard_event_files_hold_curves_heatmaps_and_genotype(demo_run):
     assert [v for _, v in events["search/chain_amplification"]] == [0.0] * 6
     rates = [v for _, v in events["search/learning_rate"]]
     assert rates[0] == rates[2] > rates[3] == rates[5]  # cosine schedule, one rate per epoch
-    for cell in ("normal", "reduce"):
+    final_alphas = json.loads((root_dir / "results.json").read_text())["alphas"]
+    for index, cell in enumerate(("normal", "reduce")):
         heatmaps = events[f"alphas/{cell}_heatmap"]
         assert [step for step, _ in heatmaps] == [3, 6]
+        # The labelled heatmap of the last epoch's alphas (smoke: 2 nodes, 5 edges x 8 ops):
+        # the most and least probable op differ in colour (red above, blue below uniform).
         image = heatmaps[-1][1]
-        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
-        assert image.min() < image.max()  # not blank
+        probabilities = genotype_lib.softmax(final_alphas[index])
+        reference, cells = summaries.heatmap_image(probabilities, with_cells=True)
+        assert image.dtype == np.uint8 and image.shape == reference.shape
+        fills = {}
+        for name, flat in (("top", np.argmax(probabilities)), ("bottom", np.argmin(probabilities))):
+            top, left, bottom, right = cells[np.unravel_index(flat, probabilities.shape)]
+            fills[name] = image[int(top + 0.25 * (bottom - top)), int((left + right) / 2)]
+        assert int(fills["top"][0]) > int(fills["top"][2]), fills
+        assert int(fills["bottom"][2]) > int(fills["bottom"][0]), fills
         entropy = [v for _, v in events[f"alphas/{cell}_entropy"]]
         assert all(0.0 < v <= np.log(8) + 1e-6 for v in entropy)
     texts = [text for _, text in events["search/genotype"]]
     final = genotype_lib.Genotype.from_json((root_dir / "genotype.json").read_text())
     assert texts[-1] == final.to_string()
+
+
+def test_every_epoch_saves_its_alphas(demo_run):
+    root_dir, _ = demo_run
+    results = json.loads((root_dir / "results.json").read_text())
+    records = [
+        json.loads((root_dir / "genotypes" / f"epoch_{epoch:04d}_alphas.json").read_text())
+        for epoch in (1, 2)
+    ]
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 3), (2, 6)]
+    for record in records:
+        assert set(record) == {"epoch", "step", "alphas", "edge_primitives", "edge_weights"}
+        assert [np.shape(a) for a in record["alphas"]] == [(5, 8), (5, 8)]  # smoke: 2 nodes
+        assert record["edge_primitives"] is None and record["edge_weights"] is None  # DARTS
+    assert records[0]["alphas"] != records[1]["alphas"]  # the architecture moved
+    assert records[-1]["alphas"] == results["alphas"]  # the last epoch's are the final alphas
+    assert records[-1]["edge_primitives"] == results["edge_primitives"]
 
 
 def test_killed_run_resumes_to_the_same_alphas_and_genotype(demo_run, data_dir, tmp_path):
