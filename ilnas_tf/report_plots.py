@@ -58,16 +58,18 @@ def metric_plots(out, plan, names, rows):
             continue
         for axis in axes:
             figure, ax = plt.subplots(figsize=(6.4, 4.2))
-            groups = {}
-            for row in rows:
+            groups = {(None, "{}"): rows} if axis is None else {}
+            for row in rows if axis else ():
                 others = {k: v for k, v in row["values"].items() if k != axis}
                 key = (row["variant"], json.dumps(others, sort_keys=True, default=str))
                 groups.setdefault(key, []).append(row)
             for (variant, others), members in groups.items():
                 xs_raw = [m["values"][axis] if axis else m["variant"] for m in members]
                 xs, labels, log = _x_positions(xs_raw)
-                for metric in metrics:
+                for number, metric in enumerate(metrics):
                     stats = [m[metric] for m in members]
+                    # Categories: the metrics side by side around each tick.
+                    shift = (number - (len(metrics) - 1) / 2) * 0.12 if labels else 0.0
                     keep = [i for i, s in enumerate(stats) if s[0] is not None]
                     if not keep:
                         continue
@@ -77,7 +79,7 @@ def metric_plots(out, plan, names, rows):
                     if axis and others != "{}":
                         label += f" {others}"
                     ax.errorbar(
-                        [xs[i] for i in keep], [stats[i][0] for i in keep],
+                        [xs[i] + shift for i in keep], [stats[i][0] for i in keep],
                         yerr=[stats[i][1] or 0.0 for i in keep], marker="o", capsize=4,
                         label=label, linestyle="-" if axis else "none",
                     )  # fmt: skip

@@ -65,6 +65,7 @@ def _assert_match(values, atol=None, alpha_atol=None, relative=None):
         np.testing.assert_allclose(mirrored, single, rtol=0, atol=tolerance, err_msg=name)
 
 
+@pytest.mark.slow  # bash tools/run_tests.sh --slow
 def test_first_order_interleaving_matches_single_device(tmp_path):
     _assert_match(_run(tmp_path, "first_order", learners=2, rounds=2), atol=1e-4, alpha_atol=1e-6)
 
@@ -73,13 +74,14 @@ def test_first_order_interleaving_matches_single_device(tmp_path):
 # ill-conditioned (float32 round-off moves it by ~0.4%, in a single-device run as much as in a
 # distributed one), and Adam's first steps are ~lr * sign(g), which turns round-off in
 # near-zero entries into differences of 2 * lr. In float64 both runs agree to round-off.
-@pytest.mark.parametrize("transfer", ["proximal", "handover"])
+@pytest.mark.parametrize("transfer", ["proximal", pytest.param("handover", marks=pytest.mark.slow)])
 def test_stagewise_exact_interleaving_matches_single_device(tmp_path, transfer):
     # The default exact method on 2 replicas (no fallback): K=2, M=2, lambda=0.5.
     values = _run(tmp_path, "exact", 2, 2, "float64", transfer, "stagewise", 2, 8)
     _assert_match(values, relative=1e-9)
 
 
+@pytest.mark.slow  # bash tools/run_tests.sh --slow
 def test_pc_darts_stagewise_exact_interleaving_matches_single_device(tmp_path):
     # PC-DARTS (partial channels K=2, edge-normalisation betas, fused cells), K=2, M=2: the
     # alphas, the betas and the weights after 3 iterations.
@@ -88,6 +90,7 @@ def test_pc_darts_stagewise_exact_interleaving_matches_single_device(tmp_path):
     _assert_match(values, relative=1e-9)
 
 
+@pytest.mark.slow  # bash tools/run_tests.sh --slow
 def test_nested_tapes_exact_interleaving_matches_single_device(tmp_path):
     # K=2, M=1 (learner 2 pulled toward learner 1's W̄): the chain across learners.
     values = _run(tmp_path, "exact", 2, 1, "float64", "proximal", "nested_tapes", 2, 8)

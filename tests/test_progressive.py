@@ -271,6 +271,7 @@ def test_killed_runs_resume_across_stage_boundaries_bitwise(reference_run, data_
             np.testing.assert_array_equal(mine[name], value, err_msg=f"{stage}: {name}")
 
 
+@pytest.mark.slow  # bash tools/run_tests.sh --slow
 def test_progressive_search_on_two_logical_cpus_matches_one_device(data_dir, tmp_path):
     """MirroredStrategy over 2 logical CPUs: the stages' noise ids, dropout masks, pruning and
     final genotypes match a single-device run (float32, 4 examples per replica: relative tolerances,

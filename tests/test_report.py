@@ -168,3 +168,27 @@ def test_plots_are_non_trivial_images(sweep_root):
 def test_a_missing_plan_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="sweep.json' is missing or unreadable"):
         report.write_report(str(tmp_path))
+
+
+def test_a_variants_only_sweep_plots_each_metric_against_the_variants(tmp_path):
+    points, runs = [], []
+    for variant, accuracy in (("il", 0.6), ("mtl", 0.5), ("darts", 0.4)):
+        points.append({"name": variant, "values": {}, "variant": variant, "bindings": []})
+        for seed in (0, 1):
+            base = f"{variant}/seed_{seed}"
+            runs.append({"point": variant, "seed": seed, "search_dir": f"{base}/search",
+                         "train_dirs": {}, "command": "..."})  # fmt: skip
+            _complete(tmp_path / base / "search", "search",
+                      {"search_val_accuracy": {"fine": accuracy + 0.1 * seed}, "seconds": 1.0})  # fmt: skip
+    _write(tmp_path / "sweep.json", {"grid": {}, "variants": {p["name"]: [] for p in points},
+                                     "seeds": [0, 1], "points": points, "runs": runs})  # fmt: skip
+    paths = report.write_report(str(tmp_path))
+    assert [p.rsplit("/", 1)[-1] for p in paths["images"]["summary"]] == [
+        "search_val_vs_variant.png"
+    ]
+    pixels = _image(paths["images"]["summary"][0])
+    assert pixels.shape[1] > 300 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10
+    rows = _rows(tmp_path)
+    assert [float(rows[v]["search_val/fine_mean"]) for v in ("il", "mtl", "darts")] == (
+        pytest.approx([0.65, 0.55, 0.45])
+    )

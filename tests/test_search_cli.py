@@ -87,6 +87,7 @@ def test_every_gin_file_builds_the_run(gin_file, data_dir, tmp_path):
         )
 
 
+@pytest.mark.slow  # bash tools/run_tests.sh --slow
 def test_il_pdarts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
     """IL-PDARTS (K=2, M=2) through three stages on mock CIFAR. First order here: the exact
     chain compiles for minutes per stage on this CPU; the exact (and finite-difference) chain
@@ -109,7 +110,12 @@ def test_il_pdarts_runs_on_cifar_served_by_tfds_mock_data(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "gin_file", ["gin/il_darts.gin", "gin/il_pcdarts.gin", "gin/il_prdarts.gin"]
+    "gin_file",
+    [
+        "gin/il_darts.gin",
+        pytest.param("gin/il_pcdarts.gin", marks=pytest.mark.slow),
+        pytest.param("gin/il_prdarts.gin", marks=pytest.mark.slow),
+    ],
 )
 def test_il_search_runs_on_cifar_served_by_tfds_mock_data(gin_file, data_dir, tmp_path):
     # PR-DARTS first order: the exact chain through its gates is test_pr_darts.py's check.

@@ -63,6 +63,7 @@ def test_demo_on_two_logical_cpus_matches_one_device(data_dir, single_device_run
     _assert_same_search(tmp_path, single_device_run)
 
 
+@pytest.mark.slow  # bash tools/run_tests.sh --slow
 def test_two_worker_processes_on_loopback_match_one_process(data_dir, single_device_run, tmp_path):
     cmd = command(tmp_path, data_dir, *DEMO, "--strategy=multi_worker", bindings=BINDINGS)
     outputs = run_workers(cmd)

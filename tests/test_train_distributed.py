@@ -8,6 +8,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from search_fixtures import ENV, ROOT, command, run, run_workers
 
@@ -42,6 +43,7 @@ def test_train_command_on_two_replicas_trains_and_exports(data_dir, tmp_path):
     assert logits["logits"].shape == (2, 10)
 
 
+@pytest.mark.slow  # bash tools/run_tests.sh --slow
 def test_train_command_on_two_worker_processes_trains_and_the_chief_exports(data_dir, tmp_path):
     cmd = command(
         tmp_path, data_dir, "--gin_file=gin/train_demo.gin", "--gin_file=gin/train_smoke.gin",
