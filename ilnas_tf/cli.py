@@ -105,23 +105,30 @@ def one_line(text):
     return " ".join(text.split())
 
 
-def parse_gin(command, files, bindings):
-    """Parses each gin file, then each binding; exits with one line naming the bad source.
+def gin_error(files, bindings, file_source="--gin_file={!r}", binding_source="--gin_bindings={!r}"):
+    """Parses each gin file, then each binding; the first failure as one line ``bad gin
+    configuration in <source>: <error>`` (``None`` when all parse).
 
     Any exception of gin's parser counts (``ValueError`` for unknown names,
     ``SyntaxError`` and ``tokenize.TokenError`` for bad syntax, ``OSError`` and
     ``UnicodeDecodeError`` for unreadable files, ``ImportError``).
     """
-    sources = [(f"--gin_file={path!r}", gin.parse_config_file, path) for path in files]
-    sources += [(f"--gin_bindings={text!r}", gin.parse_config, text) for text in bindings]
+    sources = [(file_source.format(path), gin.parse_config_file, path) for path in files]
+    sources += [(binding_source.format(text), gin.parse_config, text) for text in bindings]
     for source, parse, value in sources:
         try:
             parse(value)
         except Exception as error:  # noqa: BLE001 (every parse failure: one line)
-            sys.exit(
-                f"ilnas_tf.{command}: bad gin configuration in {source}: "
-                f"{type(error).__name__}: {one_line(error)}"
-            )
+            return f"bad gin configuration in {source}: {type(error).__name__}: {one_line(error)}"
+    return None
+
+
+def parse_gin(command, files, bindings):
+    """Parses each gin file, then each binding (``gin_error``); exits with one line naming the
+    bad source."""
+    error = gin_error(files, bindings)
+    if error:
+        sys.exit(f"ilnas_tf.{command}: {error}")
     gin.finalize()
 
 

@@ -220,14 +220,9 @@ def _same_kind(value, reference):
 def _parse(what, files, bindings):
     """Parses gin ``files`` + ``bindings`` in a clean config; SweepError naming the source."""
     gin.clear_config()
-    sources = [(f"gin file {path!r}", gin.parse_config_file, path) for path in files]
-    sources += [(f"binding {text!r}", gin.parse_config, text) for text in bindings]
-    for source, parse, value in sources:
-        try:
-            parse(value)
-        except Exception as error:  # noqa: BLE001 (any parse failure: one message)
-            _fail(f"{what}: bad gin configuration in {source}: {type(error).__name__}: "
-                  f"{cli.one_line(error)}")  # fmt: skip
+    error = cli.gin_error(files, bindings, "gin file {!r}", "binding {!r}")
+    if error:
+        _fail(f"{what}: {error}")
 
 
 def _resolved_keywords(function):
