@@ -12,7 +12,8 @@ out (and listed), so a report can be written at any time. It writes ``<root>/rep
                                  per run: alpha trajectories and search curves
 
 Metrics per run: ``search_val/<learner>`` and ``holdout/<learner>`` (the search's final
-accuracies; holdout with the ablation split), ``test/<dataset>`` and ``params_M/<dataset>``
+accuracies; holdout with the ablation split; a learner is named by its dataset where that is
+unambiguous, ``learner_labels``), ``test/<dataset>`` and ``params_M/<dataset>``
 (each training of the derived genotype: final test accuracy, parameters in millions without
 the auxiliary head), ``search_seconds`` (wall time of the search's last invocation) and
 ``device_hours`` (that times the devices it ran on, / 3600: the paper's GPU-days column in
@@ -26,6 +27,7 @@ import csv
 import json
 import math
 import os
+import re
 
 from ilnas_tf import genotype as genotype_lib
 
@@ -60,14 +62,23 @@ def read_plan(root_dir):
     return plan
 
 
+def learner_labels(names):
+    """``{learner name: label}``: the names without their ``_<k>`` learner index when that
+    leaves them distinct (``cifar100_0`` -> ``cifar100``), so that runs with other learner
+    orders or counts (the task-order ablation, DARTS on one task) share columns."""
+    stripped = {name: re.sub(r"_\d+$", "", name) for name in names}
+    return stripped if len(set(stripped.values())) == len(stripped) else {n: n for n in names}
+
+
 def run_metrics(search, trainings):
     """``{metric: value}`` of one run from its search and training results dicts."""
     metrics = {}
+    labels = learner_labels(search.get("search_val_accuracy") or {})
     for key, family in (("search_val_accuracy", "search_val"), ("holdout_accuracy", "holdout")):
         for learner, value in (search.get(key) or {}).items():
-            metrics[f"{family}/{learner}"] = float(value)
+            metrics[f"{family}/{labels.get(learner, learner)}"] = float(value)
     for results in trainings:
-        dataset = results.get("dataset", "train")
+        dataset = results.get("dataset", "train").replace("/", "_")
         metrics[f"test/{dataset}"] = float(results["test_accuracy"])
         if "parameters" in results:
             metrics[f"params_M/{dataset}"] = results["parameters"] / 1e6

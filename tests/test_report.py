@@ -165,6 +165,17 @@ def test_plots_are_non_trivial_images(sweep_root):
     )
 
 
+def test_learners_are_named_by_their_dataset_where_that_is_unambiguous():
+    assert report.learner_labels(["cifar100_0", "cifar10_1"]) == {
+        "cifar100_0": "cifar100",
+        "cifar10_1": "cifar10",
+    }
+    assert report.learner_labels(["cifar10_0", "cifar10_1"]) == {
+        "cifar10_0": "cifar10_0",
+        "cifar10_1": "cifar10_1",
+    }
+
+
 def test_a_missing_plan_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="sweep.json' is missing or unreadable"):
         report.write_report(str(tmp_path))
