@@ -55,6 +55,24 @@ def num_cell_edges(steps=4):
     return sum(i + 2 for i in range(steps))
 
 
+def cell_steps(num_edges):
+    """The intermediate nodes of a cell with ``num_edges`` edges (5 -> 2, 14 -> 4).
+
+    Raises:
+      ValueError: when no cell has that many edges (node ``j`` has ``2 + j``).
+    """
+    steps, edges = 0, 0
+    while edges < num_edges:
+        edges += 2 + steps
+        steps += 1
+    if edges != num_edges or steps == 0:
+        raise ValueError(
+            f"{num_edges} edges is no cell's edge count (2, 5, 9, 14, ...: node j has 2 + j "
+            "incoming edges); pass edge_names to label other tables"
+        )
+    return steps
+
+
 def edge_label(node, source):
     """``n<node>←<input>``: the edge of intermediate node ``node`` from input ``source`` (0 is
     ``c_{k-2}``, 1 is ``c_{k-1}``, ``j >= 2`` is node ``n<j-2>``)."""

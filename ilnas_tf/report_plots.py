@@ -127,8 +127,7 @@ def alpha_plot(path, epochs, probabilities, op_names, cell, title):
     columns = min(edges, 5)
     rows = -(-edges // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows), squeeze=False)
-    steps = next(n for n in range(1, 64) if genotype_lib.num_cell_edges(n) >= edges)
-    labels = genotype_lib.edge_labels(steps)
+    labels = genotype_lib.edge_labels(genotype_lib.cell_steps(edges))
     colours = plt.get_cmap("tab10")
     for index in range(rows * columns):
         ax = axes[index // columns][index % columns]

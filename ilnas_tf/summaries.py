@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from ilnas_tf import genotype as genotype_lib
-from ilnas_tf.genotype import softmax
+from ilnas_tf.genotype import cell_steps, edge_labels, softmax
 
 CELL_KINDS = ("normal", "reduce")
 _MIN_SCALE = 1e-6  # a colour scale below this is float noise: drawn as (nearly) uniform
@@ -38,30 +38,6 @@ def mean_entropy(probabilities):
     """
     p = np.clip(np.asarray(probabilities, np.float64), 1e-300, 1.0)
     return float(np.mean(-np.sum(p * np.log(p), axis=-1)))
-
-
-def cell_steps(num_edges):
-    """The intermediate nodes of a cell with ``num_edges`` edges (5 -> 2, 14 -> 4).
-
-    Raises:
-      ValueError: when no cell has that many edges (node ``j`` has ``2 + j``).
-    """
-    steps, edges = 0, 0
-    while edges < num_edges:
-        edges += 2 + steps
-        steps += 1
-    if edges != num_edges or steps == 0:
-        raise ValueError(
-            f"{num_edges} edges is no cell's edge count (2, 5, 9, 14, ...: node j has 2 + j "
-            "incoming edges); pass edge_names to label other tables"
-        )
-    return steps
-
-
-def edge_labels(steps):
-    """Row labels ``node←input`` of a cell's edges, in the genotype's (node-major) order
-    (``genotype.edge_labels``): ``n0←c_{k-2}``, ``n0←c_{k-1}``, ``n1←c_{k-2}``, ..., ``n1←n0``."""
-    return genotype_lib.edge_labels(steps)
 
 
 def kept_mask(genes, edge_ops):
