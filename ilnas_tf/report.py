@@ -42,7 +42,9 @@ def _read_json(path):
         return None
 
 
-def _complete(directory):
+def finished_results(directory):
+    """The results of ``directory``'s run if it is complete (its record's ``completed_steps``
+    set and ``results.json`` readable), else None."""
     record = _read_json(os.path.join(directory, "run.json"))
     results = _read_json(os.path.join(directory, "results.json"))
     if not record or record.get("completed_steps") is None or results is None:
@@ -95,8 +97,10 @@ def collect(root_dir):
     runs = []
     for entry in plan["runs"]:
         search_dir = os.path.join(root_dir, entry["search_dir"])
-        search = _complete(search_dir)
-        trainings = [_complete(os.path.join(root_dir, d)) for d in entry["train_dirs"].values()]
+        search = finished_results(search_dir)
+        trainings = [
+            finished_results(os.path.join(root_dir, d)) for d in entry["train_dirs"].values()
+        ]
         genotype = None
         if search is not None:
             text = _read_json(os.path.join(search_dir, "genotype.json"))

@@ -229,7 +229,8 @@ class SearchTask(run_loop.Task):
         alpha_normal, alpha_reduce = (a.numpy() for a in architecture.alphas)
         edge_weights = architecture.edge_weights()
         if self.chief:  # other workers' writers are no-ops: they draw no images
-            self._write_alphas(f"{stem}_alphas.json", step, epoch, edge_weights)
+            alphas = (alpha_normal, alpha_reduce)
+            self._write_alphas(f"{stem}_alphas.json", step, epoch, alphas, edge_weights)
             summaries.write_alpha_summaries(
                 step,
                 alpha_normal,
@@ -302,14 +303,13 @@ class SearchTask(run_loop.Task):
         print(f"... done in {time.time() - began:.1f} s", flush=True)
         return accuracies
 
-    def _write_alphas(self, path, step, epoch, edge_weights):
-        """The epoch's alphas (the layout's ``genotypes/epoch_NNNN_alphas.json``)."""
-        architecture = self.engine.architecture
+    def _write_alphas(self, path, step, epoch, alphas, edge_weights):
+        """The epoch's ``alphas`` (the layout's ``genotypes/epoch_NNNN_alphas.json``)."""
         record = {
             "epoch": epoch + 1,
             "step": int(step),
-            "alphas": [a.numpy().astype(float).tolist() for a in architecture.alphas],
-            "edge_primitives": architecture.edge_primitives,
+            "alphas": [np.asarray(a).astype(float).tolist() for a in alphas],
+            "edge_primitives": self.engine.architecture.edge_primitives,
             "edge_weights": None
             if edge_weights is None
             else [np.asarray(w, np.float64).tolist() for w in edge_weights],

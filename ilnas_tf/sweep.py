@@ -37,16 +37,10 @@ FLAGS = flags.FLAGS
 
 
 def finished(root_dir):
-    """Whether ``root_dir`` holds a complete run (its record's steps and results are written)."""
-    from ilnas_tf import run_dir
+    """Whether ``root_dir`` holds a complete run (``report.finished_results``)."""
+    from ilnas_tf import report
 
-    try:
-        record = run_dir.read_record(root_dir) if os.path.isdir(root_dir) else None
-    except ValueError:
-        return False
-    return bool(record and record.get("completed_steps") is not None) and os.path.exists(
-        os.path.join(root_dir, "results.json")
-    )
+    return report.finished_results(root_dir) is not None
 
 
 class _Child:
